@@ -78,7 +78,7 @@ func MsgID(shard int, session string, seq int64) string {
 // StreamConfig sizes the streams. Zero values take the defaults.
 type StreamConfig struct {
 	MaxAge   time.Duration // default 72h
-	MaxBytes int64        // default 10 GiB; -1 unlimited
+	MaxBytes int64         // default 10 GiB; -1 unlimited
 	// Duplicates is the dedup window. It must outlast Discord's resume window (a
 	// replay after RESUME must still be recognised): default 10 min.
 	Duplicates time.Duration
