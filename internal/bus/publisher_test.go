@@ -266,4 +266,3 @@ func BenchmarkPublishOneShard(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
-
