@@ -81,4 +81,6 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 
 // Register is register for other packages' worker-labelled metrics (the commands
 // worker's late interactions): a collector already registered is reused.
-func Register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) { return register(reg, c) }
+func Register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	return register(reg, c)
+}
