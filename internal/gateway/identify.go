@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// SessionStartLimit is /gateway/bot's session_start_limit.
+type SessionStartLimit struct {
+	Total          int
+	Remaining      int
+	ResetAfter     time.Duration
+	MaxConcurrency int
+}
+
+// ErrBudgetUnknown: no replica has stored the session start limit yet.
+var ErrBudgetUnknown = errors.New("identify budget unknown: SetLimits was never called")
+
+// IdentifyConfig tunes an IdentifyLimiter.
+type IdentifyConfig struct {
+	ReplicaID string
+	// Window is Discord's identify window per bucket. Default 5s.
+	Window time.Duration
+	// Margin is added to every window so that network jitter between the send and
+	// Discord's receipt never makes two IDENTIFYs of a bucket look closer than
+	// the window. Default Window/50.
+	Margin time.Duration
+	// Reserve is the part of the daily budget the cluster never spends: at or
+	// below it nobody identifies and the budget_low alert is raised. Default 50.
+	Reserve    int
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// IdentifyLimiter coordinates IDENTIFYs of all replicas through Postgres (see
+// migration 00002): one per bucket shard_id % max_concurrency per window, and
+// never below the daily budget's reserve.
+type IdentifyLimiter struct {
+	pool   *pgxpool.Pool
+	cfg    IdentifyConfig
+	logger *slog.Logger
+
+	wait      prometheus.Histogram
+	remaining prometheus.Gauge
+	low       prometheus.Gauge
+}
+
+// NewIdentifyLimiter validates cfg.
+func NewIdentifyLimiter(pool *pgxpool.Pool, cfg IdentifyConfig) (*IdentifyLimiter, error) {
+	if pool == nil {
+		return nil, errors.New("identify limiter: nil pool")
+	}
+	cfg.Window = cmp.Or(cfg.Window, 5*time.Second)
+	cfg.Margin = cmp.Or(cfg.Margin, cfg.Window/50)
+	if cfg.Reserve == 0 {
+		cfg.Reserve = 50
+	}
+	switch {
+	case cfg.Window < 0 || cfg.Margin < 0:
+		return nil, fmt.Errorf("identify limiter: negative window %s or margin %s", cfg.Window, cfg.Margin)
+	case cfg.Reserve < 0:
+		return nil, fmt.Errorf("identify limiter: negative reserve %d", cfg.Reserve)
+	case cfg.ReplicaID == "":
+		return nil, errors.New("identify limiter: empty replica id")
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	l := &IdentifyLimiter{
+		pool:   pool,
+		cfg:    cfg,
+		logger: logger,
+		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "shardwarden_gateway_identify_wait_seconds",
+			Help:    "Time a shard waited for its identify slot (bucket window and daily budget) before dialing.",
+			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+		remaining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shardwarden_gateway_identify_budget_remaining",
+			Help: "IDENTIFYs left in Discord's daily session start budget, as last seen by this replica.",
+		}),
+		low: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shardwarden_gateway_identify_budget_low",
+			Help: "1 while the daily identify budget is at or below the reserve and the cluster has stopped identifying.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{l.wait, l.remaining, l.low} {
+		if err := cfg.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("identify limiter: register metrics: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// SetLimits stores Discord's current session start limit (every replica calls it
+// at start with /gateway/bot's answer) and creates the bucket rows.
+func (l *IdentifyLimiter) SetLimits(ctx context.Context, lim SessionStartLimit) error {
+	if lim.MaxConcurrency < 1 {
+		return fmt.Errorf("set identify limits: max_concurrency %d < 1", lim.MaxConcurrency)
+	}
+	if lim.Total < 0 || lim.Remaining < 0 || lim.ResetAfter < 0 {
+		return fmt.Errorf("set identify limits: negative value in %+v", lim)
+	}
+	tx, err := l.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("set identify limits: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO discord_identify_budget AS b (total, remaining, reset_at, max_concurrency)
+		VALUES ($1, $2, now() + make_interval(secs => $3), $4)
+		ON CONFLICT (singleton) DO UPDATE SET
+		    total = excluded.total, remaining = excluded.remaining,
+		    reset_at = excluded.reset_at, max_concurrency = excluded.max_concurrency,
+		    updated_at = now()`,
+		lim.Total, lim.Remaining, lim.ResetAfter.Seconds(), lim.MaxConcurrency); err != nil {
+		return fmt.Errorf("set identify limits: budget: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO discord_identify_buckets (bucket)
+		SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING`, lim.MaxConcurrency); err != nil {
+		return fmt.Errorf("set identify limits: buckets: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("set identify limits: commit: %w", err)
+	}
+	l.remaining.Set(float64(lim.Remaining))
+	l.low.Set(b2f(lim.Remaining <= l.cfg.Reserve))
+	return nil
+}
+
+// IdentifyClaim is the right to send one IDENTIFY for a shard.
+type IdentifyClaim struct {
+	l         *IdentifyLimiter
+	bucket    int
+	shardID   int
+	claimedAt time.Time // monotonic, this process
+}
+
+// Valid reports whether the claim may still be used: an IDENTIFY sent later than
+// one window after the claim could land next to another replica's.
+func (c *IdentifyClaim) Valid() bool {
+	return c != nil && time.Since(c.claimedAt) < c.l.cfg.Window-c.l.cfg.Margin
+}
+
+// Sent records that the IDENTIFY went out: the bucket's next slot becomes (now +
+// window + margin) by the database clock, which is after the send.
+func (c *IdentifyClaim) Sent(ctx context.Context) error {
+	_, err := c.l.pool.Exec(ctx, `
+		UPDATE discord_identify_buckets
+		SET next_allowed_at = greatest(next_allowed_at, now() + make_interval(secs => $2))
+		WHERE bucket = $1`, c.bucket, (c.l.cfg.Window + c.l.cfg.Margin).Seconds())
+	if err != nil {
+		return fmt.Errorf("identify sent, bucket %d: %w", c.bucket, err)
+	}
+	return nil
+}
+
+// Acquire waits until shardID may IDENTIFY (its bucket's window is free and the
+// daily budget is above the reserve), spends one from the budget and returns the
+// claim. It sleeps exactly until the database says the slot opens.
+func (l *IdentifyLimiter) Acquire(ctx context.Context, shardID int) (*IdentifyClaim, error) {
+	start := time.Now()
+	lowLogged := false
+	for {
+		c, wait, low, err := l.try(ctx, shardID)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			l.wait.Observe(time.Since(start).Seconds())
+			return c, nil
+		}
+		if low && !lowLogged {
+			lowLogged = true
+			l.logger.ErrorContext(ctx, "identify budget at reserve: not identifying until it resets",
+				slog.Int("shard_id", shardID), slog.Int("reserve", l.cfg.Reserve), slog.Duration("reset_in", wait))
+		}
+		if low {
+			wait = min(wait, time.Minute) // re-read: a replica may refresh the limits
+		}
+		t := time.NewTimer(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *IdentifyClaim, wait time.Duration, low bool, err error) {
+	tx, err := l.pool.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("identify claim: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	// The budget row lock serialises claims cluster-wide; nobody holds it while
+	// waiting.
+	var remaining, mc int
+	var expired bool
+	var resetIn float64
+	err = tx.QueryRow(ctx, `
+		SELECT CASE WHEN reset_at <= now() THEN total ELSE remaining END,
+		       max_concurrency, reset_at <= now(),
+		       extract(epoch FROM reset_at - now())::float8
+		FROM discord_identify_budget WHERE singleton FOR UPDATE`).Scan(&remaining, &mc, &expired, &resetIn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, 0, false, ErrBudgetUnknown
+	}
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("identify claim: read budget: %w", err)
+	}
+	l.remaining.Set(float64(remaining))
+	if remaining <= l.cfg.Reserve {
+		l.low.Set(1)
+		return nil, secs(resetIn), true, tx.Commit(ctx)
+	}
+	l.low.Set(0)
+
+	bucket := shardID % mc
+	var claimed bool
+	var nextIn float64
+	err = tx.QueryRow(ctx, `
+		WITH claim AS (
+		    UPDATE discord_identify_buckets
+		    SET next_allowed_at = now() + make_interval(secs => $2),
+		        last_shard_id = $3, last_replica_id = $4, last_claimed_at = now()
+		    WHERE bucket = $1 AND next_allowed_at <= now()
+		    RETURNING bucket)
+		SELECT EXISTS (SELECT 1 FROM claim),
+		       coalesce((SELECT extract(epoch FROM next_allowed_at - now())::float8
+		                 FROM discord_identify_buckets WHERE bucket = $1), 0)`,
+		bucket, (l.cfg.Window + l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &nextIn)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("identify claim: bucket %d: %w", bucket, err)
+	}
+	if !claimed {
+		// The CTE's snapshot shows the row before any concurrent change: a
+		// missing row (limits stored before this bucket existed) waits briefly.
+		if err := tx.Commit(ctx); err != nil {
+			return nil, 0, false, fmt.Errorf("identify claim: commit: %w", err)
+		}
+		return nil, max(secs(nextIn), time.Millisecond), false, nil
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE discord_identify_budget
+		SET remaining = $1 - 1,
+		    reset_at = CASE WHEN $2 THEN now() + interval '24 hours' ELSE reset_at END,
+		    updated_at = now()
+		WHERE singleton`, remaining, expired); err != nil {
+		return nil, 0, false, fmt.Errorf("identify claim: spend budget: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, 0, false, fmt.Errorf("identify claim: commit: %w", err)
+	}
+	l.remaining.Set(float64(remaining - 1))
+	return &IdentifyClaim{l: l, bucket: bucket, shardID: shardID, claimedAt: time.Now()}, 0, false, nil
+}
+
+func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,175 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shardwarden/shardwarden/internal/pgtest"
+)
+
+func newLimiter(t *testing.T, pool *pgxpool.Pool, replica string, window time.Duration, reserve int) (*IdentifyLimiter, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	l, err := NewIdentifyLimiter(pool, IdentifyConfig{ReplicaID: replica, Window: window, Reserve: reserve, Registerer: reg})
+	require.NoError(t, err)
+	return l, reg
+}
+
+func TestIdentifyLimiterBucketsAcrossReplicas(t *testing.T) {
+	db := pgtest.NewMigrated(t)
+	const window = 150 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// Three replicas, each with its own pool, six shards, max_concurrency 2.
+	var limiters []*IdentifyLimiter
+	for i := range 3 {
+		l, _ := newLimiter(t, pgtest.Pool(t, db.URL), fmt.Sprintf("r%d", i), window, 10)
+		require.NoError(t, l.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 2}))
+		limiters = append(limiters, l)
+	}
+
+	type claim struct {
+		shard int
+		at    time.Time
+	}
+	var mu sync.Mutex
+	var claims []claim
+	var wg sync.WaitGroup
+	start := time.Now()
+	for shard := range 6 {
+		wg.Go(func() {
+			c, err := limiters[shard%3].Acquire(ctx, shard)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			at := time.Now()
+			require.True(t, c.Valid())
+			if err := c.Sent(ctx); err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			claims = append(claims, claim{shard, at})
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	require.Len(t, claims, 6)
+
+	// Within a bucket, consecutive claims are at least one window apart.
+	for bucket := range 2 {
+		var at []time.Time
+		for _, c := range claims {
+			if c.shard%2 == bucket {
+				at = append(at, c.at)
+			}
+		}
+		sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
+		for i := 1; i < len(at); i++ {
+			require.GreaterOrEqual(t, at[i].Sub(at[i-1]), window, "bucket %d claims %d and %d", bucket, i-1, i)
+		}
+	}
+	// Three per bucket: the minimum is two windows; waits are tight, not polled.
+	require.GreaterOrEqual(t, elapsed, 2*window)
+	require.Less(t, elapsed, 2*window+2*time.Second, "took %s", elapsed)
+
+	var remaining int
+	require.NoError(t, pgtest.Pool(t, db.URL).QueryRow(ctx, `SELECT remaining FROM discord_identify_budget`).Scan(&remaining))
+	require.Equal(t, 994, remaining)
+}
+
+func TestIdentifyLimiterStopsAtReserve(t *testing.T) {
+	db := pgtest.NewMigrated(t)
+	pool := pgtest.Pool(t, db.URL)
+	ctx := context.Background()
+	l, reg := newLimiter(t, pool, "r0", 10*time.Millisecond, 2)
+
+	_, err := l.Acquire(ctx, 0)
+	require.ErrorIs(t, err, ErrBudgetUnknown)
+
+	require.NoError(t, l.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 4, ResetAfter: time.Hour, MaxConcurrency: 16}))
+	for shard := range 2 {
+		_, err := l.Acquire(ctx, shard)
+		require.NoError(t, err)
+	}
+	require.Equal(t, 2.0, gaugeValue(t, reg, "shardwarden_gateway_identify_budget_remaining"))
+
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = l.Acquire(short, 3)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "at the reserve nobody identifies")
+	require.Equal(t, 1.0, gaugeValue(t, reg, "shardwarden_gateway_identify_budget_low"))
+
+	// A reset (budget refreshed from /gateway/bot) lifts the stop.
+	require.NoError(t, l.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 16}))
+	_, err = l.Acquire(ctx, 3)
+	require.NoError(t, err)
+	require.Equal(t, 0.0, gaugeValue(t, reg, "shardwarden_gateway_identify_budget_low"))
+
+	// An expired budget is full again.
+	require.NoError(t, l.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 0, ResetAfter: 0, MaxConcurrency: 16}))
+	_, err = l.Acquire(ctx, 4)
+	require.NoError(t, err)
+	require.Equal(t, 999.0, gaugeValue(t, reg, "shardwarden_gateway_identify_budget_remaining"))
+}
+
+func TestIdentifyLimiterValidation(t *testing.T) {
+	db := pgtest.NewMigrated(t)
+	pool := pgtest.Pool(t, db.URL)
+	for name, cfg := range map[string]IdentifyConfig{
+		"no replica":       {},
+		"negative window":  {ReplicaID: "r", Window: -time.Second},
+		"negative reserve": {ReplicaID: "r", Reserve: -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := NewIdentifyLimiter(pool, cfg)
+			require.Error(t, err)
+		})
+	}
+	l, _ := newLimiter(t, pool, "r", time.Second, 1)
+	require.ErrorContains(t, l.SetLimits(context.Background(), SessionStartLimit{Total: 1, Remaining: 1, MaxConcurrency: 0}), "max_concurrency")
+}
+
+func gaugeValue(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == labels[i] && l.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue metrics
+				}
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}
