@@ -244,7 +244,7 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 		SELECT EXISTS (SELECT 1 FROM claim),
 		       coalesce((SELECT extract(epoch FROM next_allowed_at - now())::float8
 		                 FROM discord_identify_buckets WHERE bucket = $1), 0)`,
-		bucket, (l.cfg.Window + l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &nextIn)
+		bucket, (l.cfg.Window+l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &nextIn)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("identify claim: bucket %d: %w", bucket, err)
 	}
