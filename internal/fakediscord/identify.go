@@ -125,12 +125,11 @@ func (c *conn) identify(raw json.RawMessage, received time.Time) {
 	c.compress = d.Compress
 	c.mu.Unlock()
 
+	iv := &SessionInterval{Shard: shard[0], ShardCount: shard[1], SessionID: se.id, ConnID: c.id, Kind: "identify", Start: start, Live: true, se: se}
+	// Registered before READY is sent (so the record is complete when the client
+	// sees it) but under se.mu, so no event can precede READY and the GUILD_CREATEs.
 	se.mu.Lock()
 	se.conn = c
-	s.dispatchReadyLocked(se, guilds, start)
-	se.mu.Unlock()
-
-	iv := &SessionInterval{Shard: shard[0], ShardCount: shard[1], SessionID: se.id, ConnID: c.id, Kind: "identify", Start: start, Live: true, se: se}
 	c.mu.Lock()
 	c.sess, c.iv = se, iv
 	c.mu.Unlock()
@@ -140,6 +139,8 @@ func (c *conn) identify(raw json.RawMessage, received time.Time) {
 	s.ref.sessions = append(s.ref.sessions, se)
 	s.ref.intervals = append(s.ref.intervals, iv)
 	s.mu.Unlock()
+	s.dispatchReadyLocked(se, guilds, start)
+	se.mu.Unlock()
 	s.cfg.Logger.Debug("fakediscord identify", "shard_id", shard[0], "session_id", se.id, "conn_id", c.id)
 }
 
@@ -327,11 +328,17 @@ func (c *conn) resume(raw json.RawMessage, received time.Time) {
 		reject("seq older than the replay buffer")
 		return
 	}
+	iv := &SessionInterval{Shard: se.shard, ShardCount: se.count, SessionID: se.id, ConnID: c.id, Kind: "resume", Start: start, Live: true, se: se}
 	c.mu.Lock()
 	c.compress = se.compress
+	c.sess, c.iv = se, iv
 	c.mu.Unlock()
 	se.conn = c
 	se.expiresAt.Store(0)
+	s.mu.Lock()
+	s.ref.shard(se.shard).Resumes++
+	s.ref.intervals = append(s.ref.intervals, iv)
+	s.mu.Unlock()
 	for _, f := range frames {
 		c.enqueue(f, true)
 	}
@@ -341,14 +348,5 @@ func (c *conn) resume(raw json.RawMessage, received time.Time) {
 	se.dispatchLocked(s, "RESUMED", id, 0, d2, start)
 	se.mu.Unlock()
 	s.uniqueEvents.Add(1)
-
-	iv := &SessionInterval{Shard: se.shard, ShardCount: se.count, SessionID: se.id, ConnID: c.id, Kind: "resume", Start: start, Live: true, se: se}
-	c.mu.Lock()
-	c.sess, c.iv = se, iv
-	c.mu.Unlock()
-	s.mu.Lock()
-	s.ref.shard(se.shard).Resumes++
-	s.ref.intervals = append(s.ref.intervals, iv)
-	s.mu.Unlock()
 	s.cfg.Logger.Debug("fakediscord resume", "shard_id", se.shard, "session_id", se.id, "conn_id", c.id, "seq", *d.Seq, "replayed", len(frames))
 }
