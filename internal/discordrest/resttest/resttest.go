@@ -120,7 +120,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func errBody(code int, msg string) map[string]any { return map[string]any{"code": code, "message": msg} }
+func errBody(code int, msg string) map[string]any {
+	return map[string]any{"code": code, "message": msg}
+}
 
 func (s *Server) answer(w http.ResponseWriter, r *http.Request, body []byte) (int, any) {
 	for i := range s.limits {

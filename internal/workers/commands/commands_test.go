@@ -93,7 +93,9 @@ func interaction(id string) string {
 	return `{"id":"` + id + `","type":2,"token":"itok-` + id + `","application_id":"77","channel_id":"5","data":{"id":"1","name":"ping","type":1}}`
 }
 
-func callbackPath(id string) string { return "/api/v10/interactions/" + id + "/itok-" + id + "/callback" }
+func callbackPath(id string) string {
+	return "/api/v10/interactions/" + id + "/itok-" + id + "/callback"
+}
 
 func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
