@@ -19,7 +19,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m,
+		// arikawa v3.6.0's reader blocks forever sending its close event when the
+		// gateway has stopped reading (notes/arikawa.md trap 11): an upstream leak
+		// in the client the round-trip test drives, not in the fake.
+		goleak.IgnoreAnyFunction("github.com/diamondburned/arikawa/v3/utils/ws.readLoop"))
 }
 
 // fastConfig has windows short enough for tests.
