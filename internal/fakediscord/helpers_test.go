@@ -68,19 +68,21 @@ func (f frame) typ() string {
 
 // rawClient is a hand-driven gateway client.
 type rawClient struct {
-	t  *testing.T
+	t  testing.TB
 	ws *websocket.Conn
 }
 
-func dial(t *testing.T, url string) *rawClient {
+var wsDialer = websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+
+func dial(t testing.TB, url string) *rawClient {
 	t.Helper()
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	ws, _, err := wsDialer.Dial(url, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = ws.Close() })
 	return &rawClient{t: t, ws: ws}
 }
 
-func dialGateway(t *testing.T, s *Server) *rawClient {
+func dialGateway(t testing.TB, s *Server) *rawClient {
 	t.Helper()
 	c := dial(t, s.GatewayURL()+"?v=10&encoding=json")
 	hello := c.read()
