@@ -290,9 +290,9 @@ func skipNumber(b []byte, i int) (int, error) {
 	return i, nil
 }
 
-// topLevelString returns the value of a string (or integer) field at the top
-// level of the JSON object d, e.g. guild_id; "" when absent, null or malformed.
-func topLevelString(d []byte, field string) string {
+// topLevelRaw returns the raw JSON of a top-level field of the object d ("" when
+// absent or malformed).
+func topLevelRaw(d []byte, field string) string {
 	i := skipSpace(d, 0)
 	if i >= len(d) || d[i] != '{' {
 		return ""
@@ -314,22 +314,28 @@ func topLevelString(d []byte, field string) string {
 			return ""
 		}
 		if match {
-			v := d[i:vEnd]
-			if len(v) >= 2 && v[0] == '"' {
-				if end, esc, _ := scanString(v, 0); end == len(v) && !esc {
-					return string(v[1 : len(v)-1])
-				}
-				return ""
-			}
-			if len(v) > 0 && v[0] >= '0' && v[0] <= '9' {
-				return string(v)
-			}
-			return ""
+			return string(d[i:vEnd])
 		}
 		i = skipSpace(d, vEnd)
 		if i < len(d) && d[i] == ',' {
 			i = skipSpace(d, i+1)
 		}
+	}
+	return ""
+}
+
+// topLevelString returns the value of a string (or integer) field at the top
+// level of the JSON object d, e.g. guild_id; "" when absent, null or malformed.
+func topLevelString(d []byte, field string) string {
+	v := topLevelRaw(d, field)
+	if len(v) >= 2 && v[0] == '"' {
+		if end, esc, _ := scanString([]byte(v), 0); end == len(v) && !esc {
+			return v[1 : len(v)-1]
+		}
+		return ""
+	}
+	if len(v) > 0 && v[0] >= '0' && v[0] <= '9' {
+		return v
 	}
 	return ""
 }

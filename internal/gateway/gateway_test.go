@@ -1,0 +1,193 @@
+package gateway
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shardwarden/shardwarden/internal/fakediscord"
+	"github.com/shardwarden/shardwarden/internal/shardlease"
+)
+
+func TestOneReplicaEndToEnd(t *testing.T) {
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 2, MaxConcurrency: 1}})
+	r := e.replica("r1", replicaOpts{})
+	runs := []*run{r.start(0, 2, 1, shardlease.ResumeState{}), r.start(1, 2, 1, shardlease.ResumeState{})}
+	for _, ru := range runs {
+		ru.ready(t)
+	}
+	require.NoError(t, e.fake.StartTraffic(fakediscord.TrafficConfig{Rate: 2000, Count: 1500, PayloadSize: 1024}))
+	require.NoError(t, e.fake.WaitTraffic(context.Background()))
+	e.dispatch(t, 0, 3)
+	_, err := e.fake.Dispatch(0, "SOME_UNKNOWN_FUTURE_EVENT", map[string]any{"x": 1})
+	require.NoError(t, err)
+
+	e.requireExactlyOnce(t)
+	e.requireNoViolations(t)
+	for shard, ru := range runs {
+		st := ru.lease.Status()
+		require.Equal(t, shardlease.StateReady, st.State)
+		require.True(t, st.Resume.Resumable())
+		require.Positive(t, st.Guilds)
+		require.Equal(t, 1.0, r.metric(t, "shardwarden_gateway_identifies_total", "shard", itoa(shard)))
+		require.Equal(t, 1.0, r.metric(t, "shardwarden_gateway_shard_state", "shard", itoa(shard), "state", "ready"))
+	}
+	require.Positive(t, r.metric(t, "shardwarden_gateway_events_by_type_total", "type", "other"))
+	require.Positive(t, r.metric(t, "shardwarden_gateway_heartbeat_ack_latency_seconds", "shard", "0"))
+	require.NoError(t, r.svc.Ready(context.Background()))
+}
+
+func TestResumeAfterFaults(t *testing.T) {
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
+	r := e.replica("r1", replicaOpts{})
+	ru := r.start(0, 1, 1, shardlease.ResumeState{})
+	ru.ready(t)
+	e.dispatch(t, 0, 20)
+
+	resumes := func() float64 { return r.metric(t, "shardwarden_gateway_resumes_total", "shard", "0") }
+	for _, fault := range []struct {
+		name   string
+		inject func() int
+	}{
+		{"op 7 reconnect", func() int { return e.fake.Reconnect(0) }},
+		{"dropped connection", func() int { return e.fake.DropShard(0) }},
+		{"zombie (no heartbeat ACKs)", func() int { return e.fake.StopAcks(0, true) }},
+		{"op 9 resumable", func() int { return e.fake.InvalidSession(0, true) }},
+	} {
+		t.Run(fault.name, func(t *testing.T) {
+			before := resumes()
+			require.Equal(t, 1, fault.inject())
+			e.dispatch(t, 0, 20) // some land while disconnected: replayed on RESUME
+			eventually(t, 20*time.Second, "a RESUME", func() bool { return resumes() > before })
+			ru.ready(t)
+			e.dispatch(t, 0, 20)
+		})
+	}
+	e.requireExactlyOnce(t)
+	e.requireNoViolations(t)
+	require.Equal(t, 1.0, r.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"), "no IDENTIFY spent on a resumable fault")
+	require.Zero(t, r.metric(t, "shardwarden_gateway_session_losses_total", "shard", "0"))
+	require.Positive(t, r.metric(t, "shardwarden_gateway_reconnects_total", "shard", "0", "reason", "zombie"))
+	st := e.fake.Stats(0)
+	require.Equal(t, 1, st.Identifies)
+	require.GreaterOrEqual(t, st.Resumes, 4)
+}
+
+func TestIdentifyAfterInvalidSession(t *testing.T) {
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
+	r := e.replica("r1", replicaOpts{})
+	ru := r.start(0, 1, 1, shardlease.ResumeState{})
+	ru.ready(t)
+	first := ru.lease.Status().Resume.SessionID
+	e.dispatch(t, 0, 10)
+
+	require.Equal(t, 1, e.fake.InvalidSession(0, false))
+	eventually(t, 20*time.Second, "a new session", func() bool {
+		st := ru.lease.Status()
+		return st.State == shardlease.StateReady && st.Resume.SessionID != "" && st.Resume.SessionID != first
+	})
+	e.dispatch(t, 0, 10)
+	e.requireExactlyOnce(t)
+	require.Empty(t, e.fake.Violations())
+	require.Equal(t, 2.0, r.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"))
+	require.Equal(t, 1.0, r.metric(t, "shardwarden_gateway_session_losses_total", "shard", "0"))
+	require.Equal(t, 2, e.fake.Stats(0).Identifies)
+}
+
+func TestHandoffBetweenReplicas(t *testing.T) {
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
+	a, b := e.replica("a", replicaOpts{}), e.replica("b", replicaOpts{})
+	ra := a.start(0, 1, 1, shardlease.ResumeState{})
+	ra.ready(t)
+	require.NoError(t, e.fake.StartTraffic(fakediscord.TrafficConfig{Rate: 500, Count: 1000, PayloadSize: 512}))
+	eventually(t, 10*time.Second, "traffic flowing", func() bool { return e.fake.TrafficStats().Dispatched > 200 })
+
+	rs := ra.handoff(t)
+	require.True(t, rs.Resumable(), "handoff returns a resumable state: %+v", rs)
+	require.Positive(t, rs.Seq)
+	require.Equal(t, e.fake.ResumeURL(), rs.ResumeURL)
+
+	rb := b.start(0, 1, 2, rs)
+	rb.ready(t)
+	require.NoError(t, e.fake.WaitTraffic(context.Background()))
+
+	e.requireExactlyOnce(t)
+	e.requireNoViolations(t)
+	st := e.fake.Stats(0)
+	require.Equal(t, 1, st.Identifies, "the handoff spent no IDENTIFY")
+	require.Equal(t, 1, st.Resumes)
+	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"))
+	require.Equal(t, 1.0, b.metric(t, "shardwarden_gateway_resumes_total", "shard", "0"))
+	require.Equal(t, rs.SessionID, rb.lease.Status().Resume.SessionID)
+
+	// A lost lease stops the shard at once and returns without a state.
+	rb.cancel()
+	rb.wait(t, 5*time.Second)
+	require.ErrorIs(t, rb.err, context.Canceled)
+	require.Equal(t, shardlease.ResumeState{}, rb.rs)
+}
+
+func TestFatalCloseStopsTheReplica(t *testing.T) {
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
+	r := e.replica("r1", replicaOpts{})
+	ru := r.start(0, 1, 1, shardlease.ResumeState{})
+	ru.ready(t)
+	require.Equal(t, 1, e.fake.CloseShard(0, 4004))
+	ru.wait(t, 10*time.Second)
+	require.ErrorIs(t, ru.err, shardlease.ErrFatal)
+	require.ErrorContains(t, ru.err, "4004")
+}
+
+func TestIdentifyLimitsAcrossThreeReplicas(t *testing.T) {
+	const shards = 6
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: shards, MaxConcurrency: 2, IdentifyWindow: 250 * time.Millisecond}})
+	var runs []*run
+	var reps []*replica
+	for i := range 3 {
+		reps = append(reps, e.replica(itoa(i), replicaOpts{}))
+	}
+	start := time.Now()
+	for shard := range shards {
+		runs = append(runs, reps[shard%3].start(shard, shards, 1, shardlease.ResumeState{}))
+	}
+	for _, ru := range runs {
+		ru.ready(t)
+	}
+	elapsed := time.Since(start)
+	require.Empty(t, e.fake.Violations(), "identify rate limits held")
+	for shard := range shards {
+		st := e.fake.Stats(shard)
+		require.Equal(t, 1, st.Identifies, "shard %d", shard)
+		require.Zero(t, st.IdentifyRejected, "shard %d", shard)
+	}
+	// 6 shards in 2 buckets: 3 windows per bucket, the first one immediate.
+	require.GreaterOrEqual(t, elapsed, 2*250*time.Millisecond)
+	t.Logf("cold start of %d shards, max_concurrency 2, window 250ms: %s", shards, elapsed)
+}
+
+func TestConfigValidation(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"empty":               {},
+		"negative drain":      {Token: "x", GatewayURL: "ws://x", Publisher: nopPublisher{}, Identify: &IdentifyLimiter{}, DrainTimeout: -1},
+		"min above max":       {Token: "x", GatewayURL: "ws://x", Publisher: nopPublisher{}, Identify: &IdentifyLimiter{}, ReconnectMin: time.Minute, ReconnectMax: time.Second},
+		"buffer of one event": {Token: "x", GatewayURL: "ws://x", Publisher: nopPublisher{}, Identify: &IdentifyLimiter{}, BufferSize: 1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := New(cfg)
+			require.ErrorContains(t, err, "gateway config")
+		})
+	}
+}
+
+func TestJitteredBackoff(t *testing.T) {
+	f := jitteredBackoff(100*time.Millisecond, time.Second)
+	for try := range 20 {
+		d := f(try)
+		require.Positive(t, d)
+		require.LessOrEqual(t, d, time.Second)
+	}
+	require.LessOrEqual(t, f(0), 100*time.Millisecond)
+	require.GreaterOrEqual(t, f(10), 500*time.Millisecond, "capped and jittered within [max/2, max]")
+}
