@@ -20,6 +20,10 @@ CREATE TABLE discord_bot_replicas (
     version      text        NOT NULL DEFAULT '',
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- How long after heartbeat_at the replica counts as gone (written by the replica
+    -- itself, like the shards' lease_ttl): gone replicas leave the fair share and
+    -- their replica_id may be taken by a new process.
+    lease_ttl    interval    NOT NULL DEFAULT interval '30 seconds',
     draining     boolean     NOT NULL DEFAULT false
 );
 
