@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shardwarden/shardwarden/internal/fakediscord"
+	"github.com/shardwarden/shardwarden/internal/natstest"
 	"github.com/shardwarden/shardwarden/internal/shardlease"
 )
 
@@ -190,4 +191,31 @@ func TestJitteredBackoff(t *testing.T) {
 	}
 	require.LessOrEqual(t, f(0), 100*time.Millisecond)
 	require.GreaterOrEqual(t, f(10), 500*time.Millisecond, "capped and jittered within [max/2, max]")
+}
+
+func TestNATSRestartLosesNothing(t *testing.T) {
+	proc := natstest.StartProcess(t)
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}, natsProcess: proc})
+	r := e.replica("r1", replicaOpts{bufferSize: 256})
+	ru := r.start(0, 1, 1, shardlease.ResumeState{})
+	ru.ready(t)
+	require.NoError(t, e.fake.StartTraffic(fakediscord.TrafficConfig{Rate: 300, Count: 800, PayloadSize: 512}))
+	eventually(t, 10*time.Second, "traffic flowing", func() bool { return e.fake.TrafficStats().Dispatched > 200 })
+
+	proc.Kill()
+	// The buffer fills; the shard disconnects (4000), keeps its session and is
+	// not ready meanwhile.
+	eventually(t, 20*time.Second, "backpressure", func() bool { return r.svc.Ready(context.Background()) != nil })
+	require.Positive(t, r.metric(t, "shardwarden_gateway_buffer_full_total", "shard", "0"))
+	require.Equal(t, 1.0, r.metric(t, "shardwarden_gateway_shard_state", "shard", "0", "state", "backpressure"))
+
+	// Discord keeps the rest for the RESUME.
+	require.NoError(t, e.fake.WaitTraffic(context.Background()))
+	proc.Start()
+	eventually(t, 30*time.Second, "ready again", func() bool { return r.svc.Ready(context.Background()) == nil })
+	require.NoError(t, e.fake.WaitTraffic(context.Background()))
+	e.requireExactlyOnce(t)
+	e.requireNoViolations(t)
+	require.Equal(t, 1, e.fake.Stats(0).Identifies, "the outage cost no IDENTIFY")
+	require.Positive(t, e.fake.Stats(0).Resumes)
 }

@@ -28,7 +28,7 @@ type outbox struct {
 	ackedSeq     int64
 
 	wake    chan struct{} // cap 1: entries to publish
-	room    chan struct{} // closed and replaced when the ring drains below lowWater
+	room    chan struct{} // closed and replaced when the ring drains to lowMark
 	empty   chan struct{} // closed and replaced when the ring becomes empty
 	lowMark int
 }
@@ -54,7 +54,9 @@ func newOutbox(size int, session string, seq int64) *outbox {
 		wake:         make(chan struct{}, 1),
 		room:         make(chan struct{}),
 		empty:        make(chan struct{}),
-		lowMark:      size / 2,
+		// A shard that disconnected because the buffer filled reconnects only
+		// once it is empty: the RESUME replay then has the whole buffer.
+		lowMark: 0,
 	}
 }
 
@@ -83,7 +85,7 @@ func (o *outbox) len() int {
 	return int(o.tail - o.head)
 }
 
-// hasRoom reports whether the ring is below its low-water mark (so a shard that
+// hasRoom reports whether the ring is down to its low-water mark (so a shard that
 // disconnected because it was full may reconnect), else a channel closed when it
 // gets there.
 func (o *outbox) hasRoom() (bool, <-chan struct{}) {
