@@ -29,6 +29,18 @@ if [ -z "${NATS_SERVER_BIN:-}" ]; then
 fi
 export NATS_SERVER_BIN
 
+# e2e scenarios append their summary lines here; printed at the end, pass or fail.
+export E2E_SUMMARY_FILE="$work/e2e-summary.txt"
+print_summary() {
+  if [ -s "$E2E_SUMMARY_FILE" ]; then
+    echo "---- end-to-end scenarios ----"
+    cat "$E2E_SUMMARY_FILE"
+  fi
+}
+
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(./...)
-go test -race -count=1 -timeout 25m "${args[@]}"
+status=0
+go test -race -count=1 -timeout 25m "${args[@]}" || status=$?
+print_summary
+exit $status
