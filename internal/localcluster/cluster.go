@@ -367,4 +367,3 @@ func waitTCP(ctx context.Context, addr string) error {
 		}
 	}
 }
-
