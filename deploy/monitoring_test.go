@@ -303,7 +303,7 @@ func loadPrometheusConfig(t *testing.T, root string) promConfig {
 func TestMonitoringStack(t *testing.T) {
 	root := repoRoot(t)
 	mon := stackConfig(t, filepath.Join(root, "deploy", "monitoring.yml"))
-	stack := stackConfig(t, filepath.Join(root, "stack.yml"))
+	stack := stackConfig(t, filepath.Join(root, "stack.yml"), stackEnv...)
 	prom := loadPrometheusConfig(t, root)
 
 	t.Run("every config file exists", func(t *testing.T) {

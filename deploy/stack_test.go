@@ -13,13 +13,15 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/shardwarden/shardwarden/internal/shardlease"
 )
 
-// Lease timings the stack's numbers are derived from (internal/shardlease): a lease
-// is stale after staleHeartbeats missed heartbeats, and a RESUME (dial, op 6,
-// replay) takes a few seconds.
+// Lease timings the stack's numbers are derived from: a lease is stale after
+// staleHeartbeats missed heartbeats (internal/shardlease), and a RESUME (dial,
+// op 6, replay) takes a few seconds.
 const (
-	staleHeartbeats = 3
+	staleHeartbeats = shardlease.DefaultMissedHeartbeats
 	resumeTime      = 5 * time.Second
 )
 
@@ -128,25 +130,35 @@ func dockerBinary(t *testing.T) string {
 // the deploying shell, so the defaults are what is checked) and parses the result.
 func stackConfig(t *testing.T, file string, env ...string) compose {
 	t.Helper()
+	stdout, stderr, err := runStackConfig(t, file, env...)
+	if err != nil {
+		t.Fatalf("docker stack config -c %s: %v\n%s", file, err, stderr)
+	}
+	var c compose
+	if err := yaml.Unmarshal([]byte(stdout), &c); err != nil {
+		t.Fatalf("parse docker stack config output: %v\n%s", err, stdout)
+	}
+	if len(c.Services) == 0 {
+		t.Fatalf("docker stack config -c %s: no services in\n%s", file, stdout)
+	}
+	return c
+}
+
+func runStackConfig(t *testing.T, file string, env ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, dockerBinary(t), "stack", "config", "-c", file)
 	home := t.TempDir() // no user docker config, no contexts, no engine needed
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "DOCKER_CONFIG=" + home}, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("docker stack config -c %s: %v\n%s", file, err, stderr.String())
-	}
-	var c compose
-	if err := yaml.Unmarshal(stdout.Bytes(), &c); err != nil {
-		t.Fatalf("parse docker stack config output: %v\n%s", err, stdout.String())
-	}
-	if len(c.Services) == 0 {
-		t.Fatalf("docker stack config -c %s: no services in\n%s", file, stdout.String())
-	}
-	return c
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
 }
+
+// stackEnv is what an operator must export before deploying stack.yml.
+var stackEnv = []string{"SHARD_COUNT=4"}
 
 func duration(t *testing.T, what, s string) time.Duration {
 	t.Helper()
@@ -168,7 +180,7 @@ func mustService(t *testing.T, c compose, name string) service {
 
 func TestStack(t *testing.T) {
 	root := repoRoot(t)
-	stack := stackConfig(t, filepath.Join(root, "stack.yml"))
+	stack := stackConfig(t, filepath.Join(root, "stack.yml"), stackEnv...)
 	bot := mustService(t, stack, "bot")
 	heartbeat := duration(t, "bot HEARTBEAT_INTERVAL", bot.Environment["HEARTBEAT_INTERVAL"])
 
@@ -219,8 +231,14 @@ func TestStack(t *testing.T) {
 		if got := bot.Environment["REPLICA_ID"]; got != "{{.Task.Name}}" {
 			t.Errorf("bot REPLICA_ID = %q, want {{.Task.Name}}", got)
 		}
-		if v := bot.Environment["SHARD_COUNT"]; v == "" {
-			t.Error("bot SHARD_COUNT is not set")
+		// The first replica stores the shard count for the whole cluster: it is never
+		// defaulted, the deploy fails without it.
+		if v := bot.Environment["SHARD_COUNT"]; v != "4" {
+			t.Errorf("bot SHARD_COUNT = %q, want the deploying shell's SHARD_COUNT (4)", v)
+		}
+		_, stderr, err := runStackConfig(t, filepath.Join(root, "stack.yml"))
+		if err == nil || !strings.Contains(stderr, "SHARD_COUNT") {
+			t.Errorf("docker stack config without SHARD_COUNT: err %v, stderr %q; want a failure naming SHARD_COUNT", err, stderr)
 		}
 		checkSecrets(t, stack, "bot", bot, "DISCORD_TOKEN", "DATABASE_URL")
 	})
@@ -439,11 +457,11 @@ func commentBlock(lines []string, i int) string {
 	return strings.Join(block, "\n")
 }
 
-// botShutdownBound is the longest a bot replica takes from SIGTERM to exit: every
-// shard stops reading, waits (bounded) for in-flight publishes, saves its resume
-// state and releases its row.
+// botShutdownBound is the longest a bot replica's graceful stop lets its shards
+// hand off (each stops reading, waits for in-flight publishes, saves its resume
+// state and releases its row) before their contexts are cancelled.
 func botShutdownBound(t *testing.T, root string) time.Duration {
 	t.Helper()
 	_ = root
-	return 30 * time.Second
+	return shardlease.DefaultShutdownTimeout
 }
