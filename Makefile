@@ -12,6 +12,10 @@ help: ## list the targets
 build: ## build bot, worker and fakediscord into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
+.PHONY: demo
+demo: ## run the whole system locally against the fake Discord, with a live view (Ctrl-C stops it)
+	go run ./cmd/demo
+
 .PHONY: test
 test: ## run the whole test suite with -race (starts a throwaway Postgres unless TEST_DATABASE_URL is set)
 	scripts/test.sh

@@ -105,7 +105,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if o.DatabaseURL == "" {
 		return nil, errors.New("localcluster: DatabaseURL is required")
 	}
-	if o.Shards <= 0 {
+	if o.Shards <= 0 && o.RealDiscordToken == "" {
 		return nil, errors.New("localcluster: Shards must be positive")
 	}
 	if o.MaxConcurrency == 0 {
@@ -251,6 +251,9 @@ func (c *Cluster) AddBot() (*Bot, error) {
 		}
 	}
 	shardCount := strconv.Itoa(c.Opts.Shards)
+	if c.Opts.Shards <= 0 {
+		shardCount = "auto" // real Discord recommends the count
+	}
 	env := append(c.discordEnv(),
 		"DATABASE_URL="+dbURL,
 		"NATS_URL="+natsURL,
