@@ -82,10 +82,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 
-	// ── The replica itself: cmd/bot/run.go (gateway) adds its case here ──────
-	//	case "run":
-	//		return runBot(ctx, rest, stdout, stderr)
-	// ─────────────────────────────────────────────────────────────────────────
+	case "run":
+		return runBot(ctx, rest, stdout, stderr)
 
 	default:
 		fmt.Fprint(stderr, usage)
