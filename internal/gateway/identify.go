@@ -155,22 +155,34 @@ func (c *IdentifyClaim) Valid() bool {
 	return c != nil && time.Since(c.claimedAt) < c.l.cfg.Window-c.l.cfg.Margin
 }
 
-// Sent records that the IDENTIFY went out: the bucket's next slot becomes (now +
-// window + margin) by the database clock, which is after the send.
+// Sent records that the IDENTIFY went out: it spends one from the daily budget
+// (only sent IDENTIFYs count, so dials that fail burn nothing) and moves the
+// bucket's next slot to (now + window + margin) by the database clock, which is
+// after the send.
 func (c *IdentifyClaim) Sent(ctx context.Context) error {
-	_, err := c.l.pool.Exec(ctx, `
-		UPDATE discord_identify_buckets
-		SET next_allowed_at = greatest(next_allowed_at, now() + make_interval(secs => $2))
-		WHERE bucket = $1`, c.bucket, (c.l.cfg.Window + c.l.cfg.Margin).Seconds())
+	var remaining int
+	err := c.l.pool.QueryRow(ctx, `
+		WITH bucket AS (
+		    UPDATE discord_identify_buckets
+		    SET next_allowed_at = greatest(next_allowed_at, now() + make_interval(secs => $2))
+		    WHERE bucket = $1)
+		UPDATE discord_identify_budget
+		SET remaining = CASE WHEN reset_at <= now() THEN total ELSE remaining END - 1,
+		    reset_at = CASE WHEN reset_at <= now() THEN now() + interval '24 hours' ELSE reset_at END,
+		    updated_at = now()
+		WHERE singleton
+		RETURNING remaining`, c.bucket, (c.l.cfg.Window + c.l.cfg.Margin).Seconds()).Scan(&remaining)
 	if err != nil {
 		return fmt.Errorf("identify sent, bucket %d: %w", c.bucket, err)
 	}
+	c.l.remaining.Set(float64(remaining))
+	c.l.low.Set(b2f(remaining <= c.l.cfg.Reserve))
 	return nil
 }
 
 // Acquire waits until shardID may IDENTIFY (its bucket's window is free and the
-// daily budget is above the reserve), spends one from the budget and returns the
-// claim. It sleeps exactly until the database says the slot opens.
+// daily budget is above the reserve) and returns the claim; IdentifyClaim.Sent
+// spends the budget. It sleeps exactly until the database says the slot opens.
 func (l *IdentifyLimiter) Acquire(ctx context.Context, shardID int) (*IdentifyClaim, error) {
 	start := time.Now()
 	lowLogged := false
@@ -256,18 +268,9 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 		}
 		return nil, max(secs(nextIn), time.Millisecond), false, nil
 	}
-	if _, err := tx.Exec(ctx, `
-		UPDATE discord_identify_budget
-		SET remaining = $1 - 1,
-		    reset_at = CASE WHEN $2 THEN now() + interval '24 hours' ELSE reset_at END,
-		    updated_at = now()
-		WHERE singleton`, remaining, expired); err != nil {
-		return nil, 0, false, fmt.Errorf("identify claim: spend budget: %w", err)
-	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, 0, false, fmt.Errorf("identify claim: commit: %w", err)
 	}
-	l.remaining.Set(float64(remaining - 1))
 	return &IdentifyClaim{l: l, bucket: bucket, shardID: shardID, claimedAt: time.Now()}, 0, false, nil
 }
 

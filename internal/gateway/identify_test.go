@@ -99,8 +99,9 @@ func TestIdentifyLimiterStopsAtReserve(t *testing.T) {
 
 	require.NoError(t, l.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 4, ResetAfter: time.Hour, MaxConcurrency: 16}))
 	for shard := range 2 {
-		_, err := l.Acquire(ctx, shard)
+		c, err := l.Acquire(ctx, shard)
 		require.NoError(t, err)
+		require.NoError(t, c.Sent(ctx), "only a sent IDENTIFY spends the budget")
 	}
 	require.Equal(t, 2.0, gaugeValue(t, reg, "shardwarden_gateway_identify_budget_remaining"))
 
@@ -118,8 +119,9 @@ func TestIdentifyLimiterStopsAtReserve(t *testing.T) {
 
 	// An expired budget is full again.
 	require.NoError(t, l.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 0, ResetAfter: 0, MaxConcurrency: 16}))
-	_, err = l.Acquire(ctx, 4)
+	c, err := l.Acquire(ctx, 4)
 	require.NoError(t, err)
+	require.NoError(t, c.Sent(ctx))
 	require.Equal(t, 999.0, gaugeValue(t, reg, "shardwarden_gateway_identify_budget_remaining"))
 }
 
