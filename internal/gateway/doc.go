@@ -3,14 +3,14 @@
 //
 // # One shard
 //
-//	            arikawa ws.Gateway event loop (heartbeats, HELLO/RESUME/IDENTIFY)
-//	                 ▲ ops: seq, session, hello, acks (no payloads)
-//	                 │
-//	 Discord ──ws──▶ conn (our ws.Connection) ──push d copy──▶ outbox (bounded ring)
-//	                 reader goroutine:                            │ publishLoop
-//	                 envelope decode only                         ▼
-//	                                                   bus.Publisher ──▶ JetStream
-//	                                                   (async, acks per message)
+//	           arikawa ws.Gateway event loop (heartbeats, HELLO/RESUME/IDENTIFY)
+//	                ▲ ops: seq, session, hello, acks (no payloads)
+//	                │
+//	Discord ──ws──▶ conn (our ws.Connection) ──push d copy──▶ outbox (bounded ring)
+//	                reader goroutine:                            │ publishLoop
+//	                envelope decode only                         ▼
+//	                                                  bus.Publisher ──▶ JetStream
+//	                                                  (async, acks per message)
 //
 // arikawa v3.6.0's ws.Gateway keeps the protocol loop (heartbeat timer, HELLO →
 // IDENTIFY or RESUME, op 7, reconnects). Everything that breaks our promises in
