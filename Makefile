@@ -16,6 +16,14 @@ build: ## build bot, worker and fakediscord into bin/
 demo: ## run the whole system locally against the fake Discord, with a live view (Ctrl-C stops it)
 	go run ./cmd/demo
 
+.PHONY: bench
+bench: ## the performance figures beside `nats bench` (prints `bench <name> <value> <unit>`)
+	scripts/bench.sh
+
+.PHONY: bench-quick
+bench-quick: ## the same figures from shorter runs (under 5 minutes)
+	scripts/bench.sh -quick
+
 .PHONY: test
 test: ## run the whole test suite with -race (starts a throwaway Postgres unless TEST_DATABASE_URL is set)
 	scripts/test.sh

@@ -5,6 +5,7 @@
 #                             loopback port with fsync off, print the connection URL
 #   scripts/pg.sh stop DIR    stop the server started in DIR and remove DIR
 #
+# PG_EXTRA_OPTS adds server options (scripts/bench.sh preloads pg_stat_statements).
 # Installs Debian's postgresql package with apt-get when no server binaries are found.
 set -euo pipefail
 
@@ -61,7 +62,7 @@ start)
     || { cat "$dir/initdb.log" >&2; exit 1; }
   port=$(free_port)
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
-    "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=800 -c shared_buffers=128MB" \
+    "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=800 -c shared_buffers=128MB ${PG_EXTRA_OPTS:-}" \
     >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
   echo "$port" >"$dir/port"
   echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"

@@ -50,6 +50,7 @@ type Options struct {
 	MaxConcurrency int      // identify buckets; default 16
 	Guilds         int      // default 10 per shard
 	Workers        []string // built-in workers in one worker process; default eventlog
+	NoWorker       bool     // start no worker process (a benchmark consumes itself)
 	WorkerEnv      []string
 	BotEnv         []string
 	Timings        Timings // default Scaled
@@ -172,8 +173,10 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}
 
-	if err := c.StartWorker(); err != nil {
-		return nil, err
+	if !o.NoWorker {
+		if err := c.StartWorker(); err != nil {
+			return nil, err
+		}
 	}
 	for i := 0; i < o.Replicas; i++ {
 		if _, err := c.AddBot(); err != nil {

@@ -1,0 +1,143 @@
+// Command bench measures shardwarden's performance figures on this machine, side by
+// side with `nats bench`, and prints one line per figure:
+//
+//	bench <name> <value> <unit>
+//
+// Run it through scripts/bench.sh (`make bench`, `make bench-quick`), which starts a
+// throwaway PostgreSQL with pg_stat_statements and installs the pinned nats CLI.
+// Every figure comes from real processes on loopback: cmd/fakediscord, cmd/bot
+// replicas, nats-server, PostgreSQL.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/shardwarden/shardwarden/internal/localcluster"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// figure is one result line.
+type figure struct {
+	name  string
+	value float64
+	unit  string
+}
+
+type bench struct {
+	quick    bool
+	bins     localcluster.Binaries
+	adminURL string // server admin connection (database postgres)
+	natsCLI  string
+	dir      string
+	log      io.Writer
+	figures  []figure
+}
+
+func (b *bench) add(name string, value float64, unit string) {
+	b.figures = append(b.figures, figure{name, value, unit})
+	fmt.Fprintf(b.log, "bench: %s = %.4g %s\n", name, value, unit)
+}
+
+func (b *bench) note(format string, args ...any) {
+	fmt.Fprintf(b.log, "bench: "+format+"\n", args...)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "smaller runs (under 5 minutes)")
+	only := fs.String("only", "", "run only this part: nats, pipeline, handoff, failover, scale")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	adminURL := os.Getenv("BENCH_DATABASE_URL")
+	natsCLI := os.Getenv("NATS_CLI_BIN")
+	if adminURL == "" || natsCLI == "" {
+		return fmt.Errorf("BENCH_DATABASE_URL and NATS_CLI_BIN must be set: run scripts/bench.sh")
+	}
+	root, err := localcluster.ModuleRoot()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "shardwarden-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	b := &bench{quick: *quick, adminURL: adminURL, natsCLI: natsCLI, dir: dir, log: stderr}
+	b.note("building binaries …")
+	if b.bins, err = localcluster.Build(ctx, root, filepath.Join(dir, "bin"), false); err != nil {
+		return err
+	}
+
+	parts := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"nats", b.natsBench},
+		{"pipeline", b.pipeline},
+		{"handoff", b.handoff},
+		{"failover", b.failover},
+		{"scale", b.scale},
+	}
+	start := time.Now()
+	for _, p := range parts {
+		if *only != "" && *only != p.name {
+			continue
+		}
+		b.note("---- %s ----", p.name)
+		if err := p.fn(ctx); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	b.derive()
+	b.note("done in %s", time.Since(start).Round(time.Second))
+	for _, f := range b.figures {
+		fmt.Fprintf(stdout, "bench %s %s %s\n", f.name, formatValue(f.value), f.unit)
+	}
+	return nil
+}
+
+// derive adds the figures computed from others.
+func (b *bench) derive() {
+	get := func(name string) (float64, bool) {
+		for _, f := range b.figures {
+			if f.name == name {
+				return f.value, true
+			}
+		}
+		return 0, false
+	}
+	p, ok1 := get("pipeline_events_per_s")
+	n, ok2 := get("nats_bench_pub_per_s")
+	if ok1 && ok2 && n > 0 {
+		b.add("pipeline_ratio_vs_nats", p/n, "ratio")
+	}
+}
+
+func formatValue(v float64) string {
+	switch {
+	case v == float64(int64(v)) && (v >= 100 || v <= -100):
+		return fmt.Sprintf("%d", int64(v))
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.3g", v)
+	}
+}

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shardwarden/shardwarden/internal/bus"
+	"github.com/shardwarden/shardwarden/internal/fakediscord"
+	"github.com/shardwarden/shardwarden/internal/localcluster"
+	"github.com/shardwarden/shardwarden/internal/worker"
+)
+
+// natsBench is the ceiling: `nats bench js pub async --dedup`, 1 KiB messages, file
+// storage, R1, against a nats-server of the same version on this machine.
+func (b *bench) natsBench(ctx context.Context) error {
+	msgs := 200_000
+	if b.quick {
+		msgs = 100_000
+	}
+	sup, err := localcluster.NewSupervisor(filepath.Join(b.dir, "natsbench"))
+	if err != nil {
+		return err
+	}
+	defer sup.KillAll()
+	addr, err := localcluster.FreeAddr()
+	if err != nil {
+		return err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	if _, err := sup.Start("nats-server", b.bins.NATSServer, []string{"-a", host, "-p", port, "-js", "-sd", filepath.Join(sup.Dir, "store")}); err != nil {
+		return err
+	}
+	url := "nats://" + addr
+	if err := waitNATS(ctx, url); err != nil {
+		return err
+	}
+	cli := func(args ...string) ([]byte, error) {
+		cmd := exec.CommandContext(ctx, b.natsCLI, append([]string{"-s", url}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return out, fmt.Errorf("nats %v: %w\n%s", args, err, out)
+		}
+		return out, nil
+	}
+	// natscli v0.5.1's --create fails against server 2.12 (API level): create first.
+	if _, err := cli("stream", "add", "benchstream", "--subjects", "bench.>", "--storage", "file",
+		"--replicas", "1", "--dupe-window", "2m", "--defaults"); err != nil {
+		return err
+	}
+	csvPath := filepath.Join(sup.Dir, "pub.csv")
+	if _, err := cli("bench", "js", "pub", "async", "bench.x", "--stream", "benchstream", "--size", "1KiB",
+		"--msgs", strconv.Itoa(msgs), "--dedup", "--no-progress", "--csv", csvPath); err != nil {
+		return err
+	}
+	rate, err := csvMsgsPerSec(csvPath)
+	if err != nil {
+		return err
+	}
+	b.note("nats bench js pub async --dedup: %d msgs of 1 KiB", msgs)
+	b.add("nats_bench_pub_per_s", rate, "msgs/s")
+	return nil
+}
+
+func csvMsgsPerSec(path string) (float64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("nats bench csv: %w", err)
+	}
+	col := -1
+	for i, h := range recs[0] {
+		if h == "MsgsPerSec" {
+			col = i
+		}
+	}
+	if col < 0 || len(recs) < 2 {
+		return 0, fmt.Errorf("nats bench csv: no MsgsPerSec in %v", recs[0])
+	}
+	var sum float64
+	for _, r := range recs[1:] {
+		v, err := strconv.ParseFloat(r[col], 64)
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+func waitNATS(ctx context.Context, url string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		nc, err := nats.Connect(url)
+		if err == nil {
+			js, _ := jetstream.New(nc)
+			_, err = js.AccountInfo(ctx)
+			nc.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nats at %s not ready: %w", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// consumer is the "worker that acks": the worker runtime with a handler that only
+// records when each event arrived.
+type consumer struct {
+	w       *worker.Worker
+	nc      *nats.Conn
+	handled atomic.Int64
+	mu      sync.Mutex
+	arrived map[uint64]time.Time
+	last    atomic.Int64 // unix nanos of the latest handled event
+}
+
+func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := bus.EnsureStreams(ctx, js, bus.StreamConfig{}); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c := &consumer{nc: nc, arrived: map[uint64]time.Time{}}
+	c.w, err = worker.New(worker.Config{
+		Name:           "bench",
+		FilterSubjects: []string{bus.EventsSubjects},
+		JetStream:      js,
+		Concurrency:    8,
+		MaxAckPending:  20_000,
+		Handler: worker.HandlerFunc(func(_ context.Context, m *worker.Message) error {
+			now := time.Now()
+			if id, ok := fakediscord.EventID(m.Data); ok {
+				c.mu.Lock()
+				if _, seen := c.arrived[id]; !seen {
+					c.arrived[id] = now
+				}
+				c.mu.Unlock()
+			}
+			c.handled.Add(1)
+			c.last.Store(now.UnixNano())
+			return nil
+		}),
+	})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := c.w.Start(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *consumer) stop() {
+	c.w.Stop()
+	c.nc.Close()
+}
+
+// pipeline: the fake at full rate over 16 shards → one bot → JetStream (dedup ids)
+// → the worker runtime acking; then the latency at 1,000 events/s.
+func (b *bench) pipeline(ctx context.Context) error {
+	events := int64(200_000)
+	latencyFor := 20 * time.Second
+	if b.quick {
+		events, latencyFor = 60_000, 8*time.Second
+	}
+	r, err := b.startRun(ctx, "pipeline", localcluster.Options{Replicas: 1, Shards: 16, NoWorker: true})
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	if err := r.waitReady(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	c, err := startConsumer(ctx, r.NATSURL)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	// Let READY and GUILD_CREATEs drain first.
+	time.Sleep(2 * time.Second)
+	base := c.handled.Load()
+
+	start := time.Now()
+	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 0, PayloadSize: 1024, Count: events}); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for c.handled.Load()-base < events {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pipeline: %d of %d events after 5 minutes", c.handled.Load()-base, events)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	elapsed := time.Unix(0, c.last.Load()).Sub(start)
+	b.note("pipeline: %d events of 1 KiB through 16 shards in %s", events, elapsed.Round(time.Millisecond))
+	b.add("pipeline_events_per_s", float64(events)/elapsed.Seconds(), "events/s")
+
+	// Latency at a steady 1,000 events/s: the fake's dispatch time (ledger) to the
+	// handler's arrival time, same machine clock.
+	time.Sleep(time.Second)
+	phase := time.Now()
+	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 1000, PayloadSize: 1024, Duration: latencyFor.String()}); err != nil {
+		return err
+	}
+	time.Sleep(latencyFor + 2*time.Second)
+	var lat []time.Duration
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := r.Admin.Events(ctx, func(e fakediscord.Event) {
+		if e.At.Before(phase) {
+			return
+		}
+		if at, ok := c.arrived[e.ID]; ok {
+			lat = append(lat, at.Sub(e.At))
+		}
+	}); err != nil {
+		return err
+	}
+	if len(lat) < 100 {
+		return fmt.Errorf("latency: only %d events matched", len(lat))
+	}
+	b.note("latency: %d events at 1,000/s", len(lat))
+	b.add("e2e_latency_p50_ms", ms(percentile(lat, 0.50)), "ms")
+	b.add("e2e_latency_p99_ms", ms(percentile(lat, 0.99)), "ms")
+	return nil
+}
+
+// handoff: planned handoffs (rolling restarts of two replicas over 16 shards), from
+// the old owner's close to the RESUME on the new owner, as the fake saw them.
+func (b *bench) handoff(ctx context.Context) error {
+	restarts := 8
+	if b.quick {
+		restarts = 4
+	}
+	r, err := b.startRun(ctx, "handoff", localcluster.Options{Replicas: 2, Shards: 16, NoWorker: true})
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	if err := r.waitReady(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 200, PayloadSize: 512}); err != nil {
+		return err
+	}
+	since := time.Now()
+	bots := r.Bots()
+	for i := 0; i < restarts; i++ {
+		bot := bots[i%len(bots)]
+		if err := bot.Proc.Term(30 * time.Second); err != nil {
+			return err
+		}
+		if err := bot.Proc.Restart(); err != nil {
+			return err
+		}
+		if err := r.waitReady(ctx, 60*time.Second); err != nil {
+			return err
+		}
+	}
+	sessions, err := r.sessions(ctx)
+	if err != nil {
+		return err
+	}
+	gaps, identifies := takeovers(sessions, since)
+	if len(gaps) < 50 && !b.quick {
+		return fmt.Errorf("handoff: only %d handoffs measured", len(gaps))
+	}
+	b.note("handoff: %d planned handoffs over %d rolling restarts, %d of them by IDENTIFY", len(gaps), restarts, identifies)
+	b.add("handoff_p50_ms", ms(percentile(gaps, 0.50)), "ms")
+	b.add("handoff_p99_ms", ms(percentile(gaps, 0.99)), "ms")
+	b.add("handoff_identifies", float64(identifies), "count")
+	return nil
+}
+
+// takeovers returns, for every session interval that began after since and
+// followed another of its shard, the gap from the previous one's end when it was a
+// RESUME, and counts those that were an IDENTIFY.
+func takeovers(sessions []fakediscord.SessionInterval, since time.Time) (gaps []time.Duration, identifies int) {
+	byShard := map[int][]fakediscord.SessionInterval{}
+	for _, s := range sessions {
+		byShard[s.Shard] = append(byShard[s.Shard], s)
+	}
+	for _, list := range byShard {
+		sortByStart(list)
+		for i := 1; i < len(list); i++ {
+			prev, cur := list[i-1], list[i]
+			if cur.Start.Before(since) {
+				continue
+			}
+			if cur.Kind == "identify" {
+				identifies++
+				continue
+			}
+			if !prev.End.IsZero() && !cur.Start.Before(prev.End) {
+				gaps = append(gaps, cur.Start.Sub(prev.End))
+			}
+		}
+	}
+	return gaps, identifies
+}
+
+func sortByStart(list []fakediscord.SessionInterval) {
+	slices.SortFunc(list, func(a, b fakediscord.SessionInterval) int { return a.Start.Compare(b.Start) })
+}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/shardwarden/shardwarden/internal/localcluster"
+)
+
+// failover: SIGKILL a replica; for each shard it held, the time from the moment its
+// lease went stale (last heartbeat_at + lease_ttl, database clock) to the RESUME on
+// a survivor, as the fake saw it.
+func (b *bench) failover(ctx context.Context) error {
+	kills := 3
+	if b.quick {
+		kills = 1
+	}
+	r, err := b.startRun(ctx, "failover", localcluster.Options{Replicas: 3, Shards: 12, NoWorker: true})
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	if err := r.waitReady(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	var over []time.Duration
+	for k := 0; k < kills; k++ {
+		victim := r.Bots()[k%3]
+		killedAt := time.Now()
+		victim.Proc.Kill()
+		// The victim's rows keep their last heartbeat: that plus the TTL is when the
+		// lease went stale.
+		type stale struct {
+			shard int
+			at    time.Time
+		}
+		var held []stale
+		rows, err := r.pool.Query(ctx, `
+			SELECT shard_id, heartbeat_at + lease_ttl FROM discord_bot_shards WHERE owner_id = $1`, victim.ID)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var s stale
+			if err := rows.Scan(&s.shard, &s.at); err != nil {
+				rows.Close()
+				return err
+			}
+			held = append(held, s)
+		}
+		rows.Close()
+		if len(held) == 0 {
+			return fmt.Errorf("failover: %s held no shard", victim.ID)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			sessions, err := r.sessions(ctx)
+			if err != nil {
+				return err
+			}
+			resumedAt := map[int]time.Time{}
+			for _, s := range sessions {
+				if s.Start.After(killedAt) {
+					if t, ok := resumedAt[s.Shard]; !ok || s.Start.Before(t) {
+						resumedAt[s.Shard] = s.Start
+					}
+				}
+			}
+			done := 0
+			for _, h := range held {
+				if _, ok := resumedAt[h.shard]; ok {
+					done++
+				}
+			}
+			if done == len(held) {
+				for _, h := range held {
+					over = append(over, resumedAt[h.shard].Sub(h.at))
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("failover: %d of %d shards taken over after 60s", done, len(held))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := victim.Proc.Restart(); err != nil {
+			return err
+		}
+		if err := r.waitReady(ctx, 60*time.Second); err != nil {
+			return err
+		}
+	}
+	b.note("failover: %d shards taken over after %d SIGKILLs", len(over), kills)
+	b.add("failover_over_threshold_ms", ms(percentile(over, 0.50)), "ms")
+	return nil
+}
+
+// scale: 8 replicas over 1,024 shards (256 with -quick) and 100k guilds: memory per
+// connected shard, statements per replica heartbeat (counted by the database), and
+// the cold start against the identify limit.
+func (b *bench) scale(ctx context.Context) error {
+	const replicas, maxConcurrency = 8, 16
+	shards, guilds := 1024, 100_000
+	if b.quick {
+		shards, guilds = 256, 25_000
+	}
+	window := 200 * time.Millisecond
+	opts := func(shards, guilds int) localcluster.Options {
+		t := localcluster.Scaled
+		t.IdentifyWindow = window
+		return localcluster.Options{Replicas: replicas, Shards: shards, Guilds: guilds, NoWorker: true,
+			MaxConcurrency: maxConcurrency, Timings: t}
+	}
+
+	// Baseline: one shard per replica, the same guilds per shard.
+	base, err := b.startRun(ctx, "scale-base", opts(replicas, guilds/shards*replicas))
+	if err != nil {
+		return err
+	}
+	if err := base.waitReady(ctx, 60*time.Second); err != nil {
+		base.close()
+		return err
+	}
+	time.Sleep(3 * time.Second)
+	baseRSS, err := sumRSS(base)
+	base.close()
+	if err != nil {
+		return err
+	}
+
+	r, err := b.startRun(ctx, "scale", opts(shards, guilds))
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	if err := r.waitReady(ctx, 5*time.Minute); err != nil {
+		return err
+	}
+	readyAt := time.Now()
+	// Cold start: from launching the replicas to every shard READY, against the
+	// least the identify limit allows.
+	sessions, err := r.sessions(ctx)
+	if err != nil {
+		return err
+	}
+	var lastStart time.Time
+	for _, s := range sessions {
+		if s.Start.After(lastStart) {
+			lastStart = s.Start
+		}
+	}
+	if lastStart.IsZero() || lastStart.After(readyAt) {
+		lastStart = readyAt
+	}
+	minimum := time.Duration(shards/maxConcurrency) * window
+	cold := lastStart.Sub(r.start)
+	rep, err := r.Admin.Report(ctx)
+	if err != nil {
+		return err
+	}
+	violations := len(rep.Violations)
+	b.note("cold start: %d shards READY in %s; identify limit allows %s at best (%d buckets, %s window)",
+		shards, cold.Round(time.Millisecond), minimum, maxConcurrency, window)
+	b.add("cold_start_ratio_to_identify_limit", cold.Seconds()/minimum.Seconds(), "ratio")
+	b.add("cold_start_identify_violations", float64(violations), "count")
+
+	time.Sleep(3 * time.Second)
+	rss, err := sumRSS(r)
+	if err != nil {
+		return err
+	}
+	b.note("memory: %d replicas hold %d shards in %d KiB RSS, %d KiB with one shard each", replicas, shards, rss, baseRSS)
+	b.add("mem_per_shard_kib", float64(rss-baseRSS)/float64(shards-replicas), "KiB")
+
+	// Statements per replica heartbeat, from pg_stat_statements at steady state.
+	hb := localcluster.Scaled.LeaseHeartbeat
+	if _, err := r.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		return fmt.Errorf("pg_stat_statements (scripts/bench.sh preloads it): %w", err)
+	}
+	var dbid uint32
+	if err := r.pool.QueryRow(ctx, `SELECT oid FROM pg_database WHERE datname = current_database()`).Scan(&dbid); err != nil {
+		return err
+	}
+	if _, err := r.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`); err != nil {
+		return err
+	}
+	window10 := 10 * hb
+	time.Sleep(window10)
+	var calls int64
+	// The measuring statements themselves run on this pool too: exclude them.
+	if err := r.pool.QueryRow(ctx, `
+		SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+		WHERE dbid = $1 AND query NOT ILIKE '%pg_stat_statements%'`, dbid).Scan(&calls); err != nil {
+		return err
+	}
+	heartbeats := float64(replicas) * window10.Seconds() / hb.Seconds()
+	b.note("statements: %d in %s from %d replicas (%s heartbeat)", calls, window10, replicas, hb)
+	b.add("pg_statements_per_replica_heartbeat", float64(calls)/heartbeats, "statements")
+	return nil
+}
+
+func sumRSS(r *benchRun) (int64, error) {
+	var sum int64
+	for _, bot := range r.Bots() {
+		kib, err := rssKiB(bot.Proc.PID())
+		if err != nil {
+			return 0, fmt.Errorf("rss of %s: %w", bot.ID, err)
+		}
+		sum += kib
+	}
+	return sum, nil
+}
