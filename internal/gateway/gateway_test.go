@@ -9,10 +9,12 @@ import (
 
 	"github.com/shardwarden/shardwarden/internal/fakediscord"
 	"github.com/shardwarden/shardwarden/internal/natstest"
+	"github.com/shardwarden/shardwarden/internal/pgtest"
 	"github.com/shardwarden/shardwarden/internal/shardlease"
 )
 
 func TestOneReplicaEndToEnd(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 2, MaxConcurrency: 1}})
 	r := e.replica("r1", replicaOpts{})
 	runs := []*run{r.start(0, 2, 1, shardlease.ResumeState{}), r.start(1, 2, 1, shardlease.ResumeState{})}
@@ -41,6 +43,7 @@ func TestOneReplicaEndToEnd(t *testing.T) {
 }
 
 func TestResumeAfterFaults(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
 	r := e.replica("r1", replicaOpts{})
 	ru := r.start(0, 1, 1, shardlease.ResumeState{})
@@ -77,6 +80,7 @@ func TestResumeAfterFaults(t *testing.T) {
 }
 
 func TestIdentifyAfterInvalidSession(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
 	r := e.replica("r1", replicaOpts{})
 	ru := r.start(0, 1, 1, shardlease.ResumeState{})
@@ -98,6 +102,7 @@ func TestIdentifyAfterInvalidSession(t *testing.T) {
 }
 
 func TestHandoffBetweenReplicas(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
 	a, b := e.replica("a", replicaOpts{}), e.replica("b", replicaOpts{})
 	ra := a.start(0, 1, 1, shardlease.ResumeState{})
@@ -131,6 +136,7 @@ func TestHandoffBetweenReplicas(t *testing.T) {
 }
 
 func TestFatalCloseStopsTheReplica(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}})
 	r := e.replica("r1", replicaOpts{})
 	ru := r.start(0, 1, 1, shardlease.ResumeState{})
@@ -194,6 +200,7 @@ func TestJitteredBackoff(t *testing.T) {
 }
 
 func TestNATSRestartLosesNothing(t *testing.T) {
+	t.Parallel()
 	proc := natstest.StartProcess(t)
 	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 1}, natsProcess: proc})
 	r := e.replica("r1", replicaOpts{bufferSize: 256})
@@ -218,4 +225,56 @@ func TestNATSRestartLosesNothing(t *testing.T) {
 	e.requireNoViolations(t)
 	require.Equal(t, 1, e.fake.Stats(0).Identifies, "the outage cost no IDENTIFY")
 	require.Positive(t, e.fake.Stats(0).Resumes)
+}
+
+// TestTwoReplicasWithLeaseManagers runs the real shardlease Manager over two
+// replicas: a rebalance and then a shutdown hand the shards over; every handoff
+// RESUMEs on the other replica, the referee sees no overlap, no IDENTIFY beyond
+// the first two is spent and nothing is lost.
+func TestTwoReplicasWithLeaseManagers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{fake: fakediscord.Config{Shards: 2, MaxConcurrency: 2}})
+	manager := func(r *replica) *shardlease.Manager {
+		m, err := shardlease.New(pgtest.Pool(t, e.db.URL), shardlease.Config{
+			ReplicaID: r.name, ShardCount: 2, HeartbeatInterval: 200 * time.Millisecond,
+			ShutdownTimeout: 10 * time.Second, Runner: r.svc, Registerer: r.reg,
+		})
+		require.NoError(t, err)
+		require.NoError(t, m.Start(context.Background()))
+		t.Cleanup(m.Stop)
+		return m
+	}
+	a, b := e.replica("a", replicaOpts{}), e.replica("b", replicaOpts{})
+	ma := manager(a)
+	eventually(t, 20*time.Second, "replica a drives both shards", func() bool {
+		return len(ma.Held()) == 2 && a.metric(t, "shardwarden_gateway_shard_state", "shard", "0", "state", "ready") == 1 &&
+			a.metric(t, "shardwarden_gateway_shard_state", "shard", "1", "state", "ready") == 1
+	})
+	require.NoError(t, e.fake.StartTraffic(fakediscord.TrafficConfig{Rate: 400, Count: 2400, PayloadSize: 512}))
+
+	mb := manager(b)
+	eventually(t, 30*time.Second, "a rebalance hands one shard to b", func() bool {
+		return len(ma.Held()) == 1 && len(mb.Held()) == 1 && len(b.svc.Shards()) == 1
+	})
+	moved := b.svc.Shards()[0]
+	eventually(t, 20*time.Second, "b resumed the moved shard", func() bool {
+		return b.metric(t, "shardwarden_gateway_shard_state", "shard", itoa(moved), "state", "ready") == 1
+	})
+
+	ma.Stop() // SIGTERM on a: its last shard goes to b
+	eventually(t, 30*time.Second, "b drives both shards", func() bool {
+		return len(mb.Held()) == 2 && b.metric(t, "shardwarden_gateway_shard_state", "shard", "0", "state", "ready") == 1 &&
+			b.metric(t, "shardwarden_gateway_shard_state", "shard", "1", "state", "ready") == 1
+	})
+	require.NoError(t, e.fake.WaitTraffic(context.Background()))
+
+	e.requireExactlyOnce(t)
+	e.requireNoViolations(t)
+	for shard := range 2 {
+		st := e.fake.Stats(shard)
+		require.Equal(t, 1, st.Identifies, "shard %d: handoffs spent no IDENTIFY", shard)
+		require.Equal(t, 1, st.Resumes, "shard %d: one handoff, one RESUME", shard)
+	}
+	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"))
+	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "1"))
 }
