@@ -123,4 +123,20 @@
 //   - Graceful stop: the replica marks itself draining (peers' shares grow), drains
 //     every runner, releases each lease as its runner returns (NOTIFY wakes peers
 //     at once), deletes its row and notifies again.
+//
+// # Metrics
+//
+// The names are a contract with the deployment's alert rules:
+//
+//	shardwarden_lease_held_shards                  gauge: shards this replica drives
+//	shardwarden_lease_heartbeat_duration_seconds   histogram: the renewal statement, failures included
+//	shardwarden_lease_heartbeat_failures_total     counter
+//	shardwarden_lease_self_fences_total            counter: outages that made this replica stop its shards
+//	shardwarden_lease_lost_total                   counter: leases found taken by a peer
+//	shardwarden_lease_claims_total                 counter: shards claimed
+//	shardwarden_lease_releases_total{reason}       counter: reason = shutdown | rebalance | runner_exit
+//	shardwarden_lease_stale_shards                 gauge: owned rows with a stale lease at the last scan
+//	shardwarden_lease_live_replicas                gauge: live, non-draining replicas at the last scan
+//	shardwarden_lease_duplicate_replica            gauge: 1 while refused for a duplicate replica id
+//	shardwarden_lease_heartbeat_statements_total   counter: statements sent by heartbeats (one each)
 package shardlease

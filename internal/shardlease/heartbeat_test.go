@@ -16,14 +16,15 @@ import (
 	"github.com/shardwarden/shardwarden/internal/shardlease"
 )
 
-// statementCounter counts every statement a pool sends except those of claim
-// transactions, which a LISTEN reconnect may trigger at any time.
+// statementCounter counts every statement a pool's connections send except
+// those of claim transactions (a LISTEN reconnect may trigger one at any time)
+// and the LISTEN itself (the listener's connection copies the pool's config).
 type statementCounter struct{ n atomic.Int64 }
 
 func (s *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
 	sql := strings.ToLower(strings.TrimSpace(data.SQL))
 	switch {
-	case strings.HasPrefix(sql, "begin"), sql == "commit", sql == "rollback",
+	case strings.HasPrefix(sql, "begin"), sql == "commit", sql == "rollback", strings.HasPrefix(sql, "listen "),
 		data.SQL == shardlease.Statements["claim lock"], data.SQL == shardlease.Statements["claim"]:
 	default:
 		s.n.Add(1)

@@ -97,7 +97,6 @@ type Manager struct {
 	stopping   bool
 	fatal      error
 	fenceTimer *time.Timer
-	duplicate  bool
 
 	// Owned by the loop goroutine.
 	pending    map[int]releaseItem
@@ -425,12 +424,10 @@ func (m *Manager) tryRegister(ctx context.Context) {
 		m.failures++
 		dup := errors.Is(err, ErrDuplicateReplica)
 		m.mu.Lock()
-		m.regErr, m.duplicate = err, dup
+		m.regErr = err
 		m.mu.Unlock()
 		if dup {
 			m.met.duplicateReplica.Set(1)
-		} else {
-			m.met.duplicateReplica.Set(0)
 		}
 		switch {
 		case dup || errors.Is(err, ErrShardCountMismatch):
@@ -454,7 +451,7 @@ func (m *Manager) tryRegister(ctx context.Context) {
 	m.dbLog.reset()
 	m.met.duplicateReplica.Set(0)
 	m.mu.Lock()
-	m.registered, m.regErr, m.duplicate = true, nil, false
+	m.registered, m.regErr = true, nil
 	m.renewedAt(start)
 	m.mu.Unlock()
 	m.log.InfoContext(ctx, "replica registered", slog.String("instance_id", m.instanceID))
@@ -491,6 +488,9 @@ func (m *Manager) heartbeat(ctx context.Context, draining bool) error {
 		leases = append(leases, renewal{shardID: id, epoch: r.lease.Epoch, status: st})
 	}
 	m.mu.Unlock()
+	// Lock rows in shard order, as claims do, to keep deadlocks with a
+	// concurrent claim of our stale rows unlikely.
+	slices.SortFunc(leases, func(a, b renewal) int { return a.shardID - b.shardID })
 
 	start := time.Now()
 	opCtx, cancel := context.WithTimeout(ctx, m.opTimeout)
@@ -868,6 +868,7 @@ func (m *Manager) flushReleases(ctx context.Context) {
 	for _, it := range m.pending {
 		items = append(items, it)
 	}
+	slices.SortFunc(items, func(a, b releaseItem) int { return a.shardID - b.shardID })
 	opCtx, cancel := context.WithTimeout(ctx, m.opTimeout)
 	released, err := m.release(opCtx, items)
 	cancel()

@@ -406,3 +406,72 @@ func TestStuckRunnerIsCancelledAfterTheShutdownTimeout(t *testing.T) {
 	require.Equal(t, "live-0-1", session, "a cancelled runner's return is ignored; its last report is saved")
 	require.Contains(t, a.logs.String(), "did not hand off in time")
 }
+
+// A replica that finds the claim lock taken retries after a short jittered delay:
+// with an hour between its heartbeats it still claims soon after the lock frees.
+func TestClaimLockLoserRetriesQuickly(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	holder := pgtest.Pool(t, c.db.URL)
+	ctx := context.Background()
+	tx, err := holder.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock('discord_bot_shards'::regclass::oid::int, -1)`)
+	require.NoError(t, err)
+
+	a := c.start("a", replicaOpts{shards: 4, config: func(cfg *shardlease.Config) {
+		cfg.HeartbeatInterval, cfg.SelfFenceAfter = time.Hour, 2*time.Hour
+		cfg.ClaimRetryDelay = 50 * time.Millisecond
+	}})
+	waitFor(t, 5*time.Second, "a registered", func() (bool, string) {
+		err := a.m.Ready(ctx)
+		return err == nil, fmt.Sprint(err)
+	})
+	time.Sleep(150 * time.Millisecond)
+	require.Empty(t, a.m.Held(), "the lock is held elsewhere")
+	released := time.Now()
+	require.NoError(t, tx.Commit(ctx))
+	waitFor(t, 2*time.Second, "a claims once the lock is free", func() (bool, string) { return balanced(4, a) })
+	t.Logf("claimed %s after the lock was released", time.Since(released).Round(time.Millisecond))
+	require.Zero(t, a.metric(t, "shardwarden_lease_heartbeat_duration_seconds"), "no heartbeat was involved")
+}
+
+// The metric names are a contract with the deployment's alert rules.
+func TestMetricNames(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	_, err := shardlease.New(pgtest.Pool(t, pgtest.New(t).URL), shardlease.Config{
+		ReplicaID: "r", ShardCount: 1, Registerer: reg,
+		Runner: shardlease.RunnerFunc(func(context.Context, *shardlease.Lease) (shardlease.ResumeState, error) {
+			return shardlease.ResumeState{}, nil
+		}),
+	})
+	require.NoError(t, err)
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, f := range families {
+		got[f.GetName()] = f.GetType().String()
+		if f.GetName() == "shardwarden_lease_releases_total" {
+			var reasons []string
+			for _, m := range f.GetMetric() {
+				reasons = append(reasons, m.GetLabel()[0].GetName()+"="+m.GetLabel()[0].GetValue())
+			}
+			require.ElementsMatch(t, []string{"reason=shutdown", "reason=rebalance", "reason=runner_exit"}, reasons)
+		}
+	}
+	require.Equal(t, map[string]string{
+		"shardwarden_lease_held_shards":                "GAUGE",
+		"shardwarden_lease_heartbeat_duration_seconds": "HISTOGRAM",
+		"shardwarden_lease_heartbeat_failures_total":   "COUNTER",
+		"shardwarden_lease_self_fences_total":          "COUNTER",
+		"shardwarden_lease_lost_total":                 "COUNTER",
+		"shardwarden_lease_claims_total":               "COUNTER",
+		"shardwarden_lease_releases_total":             "COUNTER",
+		"shardwarden_lease_stale_shards":               "GAUGE",
+		"shardwarden_lease_live_replicas":              "GAUGE",
+		"shardwarden_lease_duplicate_replica":          "GAUGE",
+		"shardwarden_lease_heartbeat_statements_total": "COUNTER",
+	}, got)
+}
