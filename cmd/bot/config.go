@@ -20,9 +20,31 @@ import (
 
 // The bot's configuration, in pieces that each subcommand binds as it needs them.
 // Every piece binds its environment variables (and flags) to a config.Loader;
-// problems surface from Loader.Parse as *config.Error naming the variable, which
-// main turns into exit status 2. Subcommands read the process environment
-// (os.Getenv): pass it to config.NewLoader.
+// problems surface from parse as *config.Error naming the variable, which main
+// turns into exit status 2. Subcommands read the process environment
+// (os.Getenv). A subcommand such as `bot run` composes them:
+//
+//	fs := flag.NewFlagSet("bot run", flag.ContinueOnError)
+//	fs.SetOutput(stderr)
+//	l := config.NewLoader(fs, os.Getenv)
+//	var (
+//		db         dbSettings
+//		logs       logSettings
+//		lease      leaseSettings
+//		healthAddr string
+//	)
+//	db.bind(l)
+//	logs.bind(l)
+//	lease.bind(l, nil) // REPLICA_ID defaults to os.Hostname
+//	bindHealthAddr(l, &healthAddr)
+//	if err := parse(l, args); err != nil {
+//		return err
+//	}
+//	logger, err := logs.logger(stderr, db.secrets()...)
+//	...
+//	pool, err := db.openPool(ctx, "shardwarden-bot")
+//	...
+//	cfg := lease.leaseConfig() // then set Runner, Logger, Registerer, Version
 
 // dbSettings is DATABASE_URL, or DATABASE_URL_FILE naming a file that holds it
 // (a Docker secret). No flag: the URL carries the password.
