@@ -381,6 +381,7 @@ func (s *socket) handle(env envelope) bool {
 			s.fail("bad_hello", fmt.Errorf("HELLO without a heartbeat interval: %s", env.Data))
 			return false
 		}
+		sh.hello()
 		return s.emit(ws.Op{Code: 10, Data: &gateway.HelloEvent{HeartbeatInterval: discord.Milliseconds(hello.HeartbeatInterval)}})
 	case 11:
 		s.hbMu.Lock()
@@ -389,6 +390,7 @@ func (s *socket) handle(env envelope) bool {
 		}
 		s.hbPending = false
 		s.hbMu.Unlock()
+		sh.echo()
 		return s.emit(ws.Op{Code: 11, Data: &gateway.HeartbeatAckEvent{}})
 	}
 	return true // other ops are client-bound only; ignore
@@ -428,11 +430,13 @@ func (s *socket) dispatch(env envelope) bool {
 			ids[i] = g.ID.String()
 		}
 		sh.onReady(ready.SessionID, ready.ResumeGatewayURL, ids)
+		sh.echo()
 		s.established.Store(true)
 		s.watchdog.Stop()
 		data = &gateway.ReadyEvent{SessionID: ready.SessionID}
 	case "RESUMED":
 		sh.onResumed()
+		sh.echo()
 		s.established.Store(true)
 		s.watchdog.Stop()
 		data = &gateway.ResumedEvent{}

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -277,4 +279,30 @@ func TestTwoReplicasWithLeaseManagers(t *testing.T) {
 	}
 	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"))
 	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "1"))
+}
+
+// BenchmarkOneShardPipeline measures one shard end to end: the fake sends 1 KiB
+// MESSAGE_CREATEs (at PIPELINE_BENCH_RATE per second, default as fast as it
+// can), the gateway decodes, buffers and publishes them, and the clock stops
+// when JetStream has acknowledged all of them. Faster than JetStream for longer
+// than the shard buffer lasts, the shard backs off (and arikawa redials after 5s).
+func BenchmarkOneShardPipeline(b *testing.B) {
+	rate, _ := strconv.ParseFloat(os.Getenv("PIPELINE_BENCH_RATE"), 64)
+	e := newEnv(b, envOpts{fake: fakediscord.Config{Shards: 1}})
+	r := e.replica("bench", replicaOpts{})
+	ru := r.start(0, 1, 1, shardlease.ResumeState{})
+	ru.ready(b)
+	published := func() float64 { return r.metric(b, "shardwarden_gateway_events_published_total", "shard", "0") }
+	eventually(b, 10*time.Second, "READY and GUILD_CREATEs stored", func() bool {
+		return published() > 0 && published() == r.metric(b, "shardwarden_gateway_events_received_total", "shard", "0")
+	})
+	base := published()
+	b.SetBytes(1024)
+	b.ResetTimer()
+	require.NoError(b, e.fake.StartTraffic(fakediscord.TrafficConfig{
+		Rate: rate, Count: int64(b.N), PayloadSize: 1024, Mix: map[string]int{"MESSAGE_CREATE": 1},
+	}))
+	eventually(b, 5*time.Minute, "every event published", func() bool { return published()-base >= float64(b.N) })
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }

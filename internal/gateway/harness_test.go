@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // env is one test's world: a fake Discord, NATS with the streams, Postgres.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	fake    *fakediscord.Server
 	natsURL string
 	db      pgtest.DB
@@ -41,7 +41,7 @@ type envOpts struct {
 	natsProcess *natstest.Process // a killable nats-server; in-process when nil
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	cfg := o.fake
 	// Not shorter: arikawa paces every command (heartbeats too) to 115 per minute.
@@ -159,7 +159,7 @@ func (r *replica) start(shardID, shardCount int, epoch int64, resume shardlease.
 }
 
 // handoff drains the shard and returns what the manager would save.
-func (ru *run) handoff(t *testing.T) shardlease.ResumeState {
+func (ru *run) handoff(t testing.TB) shardlease.ResumeState {
 	t.Helper()
 	ru.lease.DrainForTest()
 	select {
@@ -172,7 +172,7 @@ func (ru *run) handoff(t *testing.T) shardlease.ResumeState {
 	return ru.rs
 }
 
-func (ru *run) wait(t *testing.T, d time.Duration) {
+func (ru *run) wait(t testing.TB, d time.Duration) {
 	t.Helper()
 	select {
 	case <-ru.done:
@@ -192,12 +192,12 @@ func (r *replica) stopAll() {
 	}
 }
 
-func (r *replica) metric(t *testing.T, name string, labels ...string) float64 {
+func (r *replica) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	return gaugeValue(t, r.reg, name, labels...)
 }
 
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -209,7 +209,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // ready waits until the shard's lease reports it ready.
-func (ru *run) ready(t *testing.T) {
+func (ru *run) ready(t testing.TB) {
 	t.Helper()
 	eventually(t, 20*time.Second, "shard ready", func() bool { return ru.lease.Status().State == shardlease.StateReady })
 }
@@ -259,7 +259,7 @@ func (e *env) streamIDs(ctx context.Context) (map[uint64]int, error) {
 
 // requireExactlyOnce waits until every event in the fake's ledger is in the
 // stream, then checks none is there twice and nothing else is.
-func (e *env) requireExactlyOnce(t *testing.T) {
+func (e *env) requireExactlyOnce(t testing.TB) {
 	t.Helper()
 	want := map[uint64]bool{}
 	var ids map[uint64]int
@@ -294,7 +294,7 @@ func (e *env) requireExactlyOnce(t *testing.T) {
 	require.NotEmpty(t, want)
 }
 
-func (e *env) requireNoViolations(t *testing.T) {
+func (e *env) requireNoViolations(t testing.TB) {
 	t.Helper()
 	require.Empty(t, e.fake.Violations(), "referee violations")
 	for shard := range e.fake.Config().Shards {
@@ -303,7 +303,7 @@ func (e *env) requireNoViolations(t *testing.T) {
 }
 
 // dispatch injects n MESSAGE_CREATEs on shard.
-func (e *env) dispatch(t *testing.T, shard, n int) {
+func (e *env) dispatch(t testing.TB, shard, n int) {
 	t.Helper()
 	for i := range n {
 		_, err := e.fake.Dispatch(shard, "MESSAGE_CREATE", map[string]any{"content": fmt.Sprintf("m%d", i), "channel_id": "1"})

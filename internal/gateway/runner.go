@@ -201,6 +201,9 @@ type shard struct {
 	forceIdentify bool
 	invalidated   bool // op 9 d=false: wait 1–5 s before the IDENTIFY
 	claim         *IdentifyClaim
+	// echoBeat mirrors arikawa's: the last ACK, READY or RESUMED, zeroed at
+	// HELLO. arikawa IDENTIFYs instead of resuming when it is over 15 min old.
+	echoBeat time.Time
 	state         string
 	backpressure  bool
 	guilds        map[string]struct{}
@@ -436,8 +439,13 @@ func (sh *shard) inBackpressure() bool {
 func (sh *shard) nextHandshake() (url string, identify bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	identify = sh.sessionID == "" || sh.seq == 0 || sh.forceIdentify
+	deadbeat := !sh.echoBeat.IsZero() && time.Since(sh.echoBeat) >= arikawaDeadbeat
+	identify = sh.sessionID == "" || sh.seq == 0 || sh.forceIdentify || deadbeat
 	sh.forceIdentify = false
+	if deadbeat && sh.sessionID != "" {
+		sh.m.sessionLosses.Inc()
+		sh.log.Error("session lost: no heartbeat ACK for 15 min, identifying again", slog.String("session_id", sh.sessionID))
+	}
 	if identify || sh.resumeURL == "" {
 		return sh.svc.cfg.GatewayURL, identify
 	}
@@ -475,6 +483,21 @@ func (sh *shard) acquireIdentify(ctx context.Context) error {
 	sh.claim = claim
 	sh.mu.Unlock()
 	return nil
+}
+
+// arikawaDeadbeat is gateway.deadbeatDuration in arikawa v3.6.0.
+const arikawaDeadbeat = 15 * time.Minute
+
+func (sh *shard) echo() {
+	sh.mu.Lock()
+	sh.echoBeat = time.Now()
+	sh.mu.Unlock()
+}
+
+func (sh *shard) hello() {
+	sh.mu.Lock()
+	sh.echoBeat = time.Time{}
+	sh.mu.Unlock()
 }
 
 func (sh *shard) takeClaim() *IdentifyClaim {
