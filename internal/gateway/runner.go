@@ -203,11 +203,11 @@ type shard struct {
 	claim         *IdentifyClaim
 	// echoBeat mirrors arikawa's: the last ACK, READY or RESUMED, zeroed at
 	// HELLO. arikawa IDENTIFYs instead of resuming when it is over 15 min old.
-	echoBeat time.Time
-	state         string
-	backpressure  bool
-	guilds        map[string]struct{}
-	lastEventAt   time.Time
+	echoBeat     time.Time
+	state        string
+	backpressure bool
+	guilds       map[string]struct{}
+	lastEventAt  time.Time
 }
 
 func newShard(s *Service, lease *shardlease.Lease) *shard {
