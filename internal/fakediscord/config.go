@@ -187,3 +187,6 @@ func (c Config) validate() error {
 	}
 	return nil
 }
+
+// Defaults returns c with every zero field set to its default.
+func (c Config) Defaults() Config { return c.withDefaults() }
