@@ -48,6 +48,7 @@ type conn struct {
 	queue    []outFrame
 	spare    []outFrame
 	stalled  bool
+	stallT   *time.Timer // ends a timed stall; stopped when the connection ends
 	noAck    bool
 	closing  bool // a close frame is queued or the TCP connection was dropped
 	compress bool
@@ -80,7 +81,7 @@ func (c *conn) enqueue(data []byte, dispatch bool) {
 		if sess != nil {
 			v.SessionID = sess.id
 		}
-		go c.srv.violation(v) // the caller may hold a session lock
+		c.srv.violation(v) // lock order allows it: session → conn → Server.mu
 		_ = c.nc.Close()
 		return
 	}

@@ -84,10 +84,14 @@ func (s *Server) Inject(f Fault) (int, error) {
 		case FaultStall:
 			c.mu.Lock()
 			c.stalled = true
-			c.mu.Unlock()
-			if f.Duration > 0 {
-				time.AfterFunc(f.Duration, func() { c.unstall() })
+			if c.stallT != nil {
+				c.stallT.Stop()
+				c.stallT = nil
 			}
+			if f.Duration > 0 {
+				c.stallT = time.AfterFunc(f.Duration, c.unstall)
+			}
+			c.mu.Unlock()
 		case FaultUnstall:
 			c.unstall()
 		case FaultRequestHeartbeat:
@@ -100,6 +104,10 @@ func (s *Server) Inject(f Fault) (int, error) {
 func (c *conn) unstall() {
 	c.mu.Lock()
 	c.stalled = false
+	if c.stallT != nil {
+		c.stallT.Stop()
+		c.stallT = nil
+	}
 	c.mu.Unlock()
 	c.signal()
 }

@@ -123,6 +123,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, resume bool) {
 
 	go c.writeLoop()
 	reason, code, invalidate := c.readLoop(r)
+	c.mu.Lock()
+	if c.stallT != nil {
+		c.stallT.Stop()
+	}
+	c.mu.Unlock()
 	close(c.kill)
 	<-c.writerD
 	_ = c.nc.Close()

@@ -22,12 +22,16 @@ const (
 	routeInteractionCallback = "POST /interactions/{id}/{token}/callback"
 	routeChannelMessages     = "POST /channels/{id}/messages"
 	routeCommands            = "PUT /applications/{id}/commands"
+	routeWebhookFollowUp     = "POST /webhooks/{app}/{token}"
+	routeWebhookEdit         = "PATCH /webhooks/{app}/{token}/messages/{msg}"
 
 	RouteGateway             = routeGateway
 	RouteGatewayBot          = routeGatewayBot
 	RouteInteractionCallback = routeInteractionCallback
 	RouteChannelMessages     = routeChannelMessages
 	RouteCommands            = routeCommands
+	RouteWebhookFollowUp     = routeWebhookFollowUp
+	RouteWebhookEdit         = routeWebhookEdit
 )
 
 // ForcedRateLimit makes the REST API answer 429 regardless of the buckets.
@@ -61,16 +65,32 @@ type restState struct {
 	globalCount  int
 	forced       []*ForcedRateLimit
 	commands     json.RawMessage
+	byToken      map[string]uint64 // interaction token → id (webhook follow-ups)
+	nonces       map[string]nonceEntry
+	messages     int // distinct messages created
 }
 
+type nonceEntry struct {
+	at  time.Time
+	msg map[string]any
+}
+
+// nonceRetention: Discord deduplicates enforce_nonce within "a few minutes".
+const nonceRetention = 5 * time.Minute
+
+// followUpWindow: interaction tokens stay valid for follow-ups this long.
+const followUpWindow = 15 * time.Minute
+
 func newRESTState() restState {
-	return restState{interactions: map[uint64]*interaction{}, buckets: map[string]*bucket{}}
+	return restState{interactions: map[uint64]*interaction{}, buckets: map[string]*bucket{},
+		byToken: map[string]uint64{}, nonces: map[string]nonceEntry{}}
 }
 
 func (r *restState) addInteraction(id uint64, token string, at time.Time) {
 	r.mu.Lock()
 	if _, ok := r.interactions[id]; !ok {
 		r.interactions[id] = &interaction{token: token, at: at}
+		r.byToken[token] = id
 	}
 	r.mu.Unlock()
 }
@@ -92,6 +112,15 @@ func (s *Server) ClearForcedRateLimits() {
 	s.rest.mu.Unlock()
 }
 
+// MessagesCreated counts distinct messages created through POST
+// /channels/{id}/messages and webhook follow-ups (an enforce_nonce retry that
+// returns an existing message does not count).
+func (s *Server) MessagesCreated() int {
+	s.rest.mu.Lock()
+	defer s.rest.mu.Unlock()
+	return s.rest.messages
+}
+
 // Commands returns the body of the last accepted PUT /applications/{id}/commands.
 func (s *Server) Commands() json.RawMessage {
 	s.rest.mu.Lock()
@@ -105,6 +134,8 @@ func (s *Server) restRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/{ver}/interactions/{id}/{token}/callback", s.rest1(routeInteractionCallback, s.postInteractionCallback))
 	mux.HandleFunc("POST /api/{ver}/channels/{id}/messages", s.rest1(routeChannelMessages, s.postChannelMessage))
 	mux.HandleFunc("PUT /api/{ver}/applications/{id}/commands", s.rest1(routeCommands, s.putCommands))
+	mux.HandleFunc("POST /api/{ver}/webhooks/{app}/{token}", s.rest1(routeWebhookFollowUp, s.webhookMessage))
+	mux.HandleFunc("PATCH /api/{ver}/webhooks/{app}/{token}/messages/{msg}", s.rest1(routeWebhookEdit, s.webhookMessage))
 	mux.HandleFunc("/api/", s.rest1("unknown", func(w http.ResponseWriter, _ *http.Request, rec *RESTRequest, _ []byte) {
 		writeError(w, rec, http.StatusNotFound, 0, "404: Not Found")
 	}))
@@ -356,30 +387,59 @@ func (s *Server) postChannelMessage(w http.ResponseWriter, r *http.Request, rec 
 		writeError(w, rec, http.StatusNotFound, 10003, "Unknown Channel")
 		return
 	}
+	out, status, code, text := s.newMessage(ch, body, true)
+	if status != http.StatusOK {
+		writeError(w, rec, status, code, text)
+		return
+	}
+	writeJSON(w, rec, http.StatusOK, out)
+}
+
+// newMessage validates a message body and builds the message Discord returns.
+// With enforce_nonce, a nonce seen on the channel within nonceRetention returns
+// the message created then instead of a new one.
+func (s *Server) newMessage(ch uint64, body []byte, create bool) (map[string]any, int, int, string) {
 	var msg struct {
-		Content    *string         `json:"content"`
-		Embeds     json.RawMessage `json:"embeds"`
-		Components json.RawMessage `json:"components"`
-		StickerIDs json.RawMessage `json:"sticker_ids"`
-		Nonce      json.RawMessage `json:"nonce"`
-		TTS        bool            `json:"tts"`
+		Content      *string         `json:"content"`
+		Embeds       json.RawMessage `json:"embeds"`
+		Components   json.RawMessage `json:"components"`
+		StickerIDs   json.RawMessage `json:"sticker_ids"`
+		Nonce        json.RawMessage `json:"nonce"`
+		EnforceNonce bool            `json:"enforce_nonce"`
+		TTS          bool            `json:"tts"`
 	}
 	if json.Unmarshal(body, &msg) != nil {
-		writeError(w, rec, http.StatusBadRequest, 50109, "The request body contains invalid JSON.")
-		return
+		return nil, http.StatusBadRequest, 50109, "The request body contains invalid JSON."
 	}
 	content := ""
 	if msg.Content != nil {
 		content = *msg.Content
 	}
 	if len([]rune(content)) > 2000 {
-		writeError(w, rec, http.StatusBadRequest, 50035, "Invalid Form Body")
-		return
+		return nil, http.StatusBadRequest, 50035, "Invalid Form Body"
 	}
 	empty := func(r json.RawMessage) bool { return len(r) == 0 || string(r) == "null" || string(r) == "[]" }
 	if content == "" && empty(msg.Embeds) && empty(msg.Components) && empty(msg.StickerIDs) {
-		writeError(w, rec, http.StatusBadRequest, 50006, "Cannot send an empty message")
-		return
+		return nil, http.StatusBadRequest, 50006, "Cannot send an empty message"
+	}
+	var nonce string
+	if create && len(msg.Nonce) > 0 && string(msg.Nonce) != "null" {
+		// A nonce is a string or an integer of at most 25 characters.
+		if json.Unmarshal(msg.Nonce, &nonce) != nil {
+			nonce = string(msg.Nonce)
+		}
+		if len(nonce) > 25 {
+			return nil, http.StatusBadRequest, 50035, "Invalid Form Body"
+		}
+	}
+	now := time.Now()
+	key := strconv.FormatUint(ch, 10) + "/" + nonce
+	s.rest.mu.Lock()
+	defer s.rest.mu.Unlock()
+	if nonce != "" && msg.EnforceNonce {
+		if e, ok := s.rest.nonces[key]; ok && now.Sub(e.at) < nonceRetention {
+			return e.msg, http.StatusOK, 0, ""
+		}
 	}
 	embeds := msg.Embeds
 	if empty(embeds) {
@@ -389,12 +449,52 @@ func (s *Server) postChannelMessage(w http.ResponseWriter, r *http.Request, rec 
 		"id": strconv.FormatUint(s.ids.id(), 10), "channel_id": strconv.FormatUint(ch, 10), "type": 0,
 		"author": map[string]any{"id": strconv.FormatUint(s.cfg.ApplicationID, 10), "username": "shardwarden-fake",
 			"discriminator": "0", "global_name": nil, "avatar": nil, "bot": true},
-		"content": content, "timestamp": time.Now().UTC().Format("2006-01-02T15:04:05.000000+00:00"),
+		"content": content, "timestamp": now.UTC().Format("2006-01-02T15:04:05.000000+00:00"),
 		"edited_timestamp": nil, "tts": msg.TTS, "mention_everyone": false, "mentions": []any{}, "mention_roles": []any{},
 		"attachments": []any{}, "embeds": embeds, "pinned": false, "flags": 0,
 	}
-	if len(msg.Nonce) > 0 {
-		out["nonce"] = msg.Nonce
+	if nonce != "" {
+		out["nonce"] = nonce
+		s.rest.nonces[key] = nonceEntry{at: now, msg: out}
+	}
+	if create {
+		s.rest.messages++
+	}
+	return out, http.StatusOK, 0, ""
+}
+
+// webhookMessage serves interaction follow-ups (POST /webhooks/{app}/{token}) and
+// edits (PATCH .../messages/{id|@original}): the token must be a dispatched
+// interaction's, at most 15 minutes old, already acknowledged by its callback.
+func (s *Server) webhookMessage(w http.ResponseWriter, r *http.Request, rec *RESTRequest, body []byte) {
+	if !s.limit(w, rec, rec.Route, r.PathValue("token"), false) {
+		return
+	}
+	if r.PathValue("app") != strconv.FormatUint(s.cfg.ApplicationID, 10) {
+		writeError(w, rec, http.StatusNotFound, 10015, "Unknown Webhook")
+		return
+	}
+	s.rest.mu.Lock()
+	id, ok := s.rest.byToken[r.PathValue("token")]
+	var in *interaction
+	if ok {
+		in = s.rest.interactions[id]
+	}
+	s.rest.mu.Unlock()
+	rec.InteractionID = id
+	switch {
+	case in == nil || time.Since(in.at) > followUpWindow:
+		writeError(w, rec, http.StatusNotFound, 10015, "Unknown Webhook")
+		return
+	case !in.answered:
+		// The strict reading: follow-ups and edits need the initial response.
+		writeError(w, rec, http.StatusNotFound, 10008, "Unknown Message")
+		return
+	}
+	out, status, code, text := s.newMessage(0, body, r.Method == http.MethodPost)
+	if status != http.StatusOK {
+		writeError(w, rec, status, code, text)
+		return
 	}
 	writeJSON(w, rec, http.StatusOK, out)
 }

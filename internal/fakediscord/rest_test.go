@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,4 +158,40 @@ func TestRESTCommands(t *testing.T) {
 	require.Equal(t, http.StatusForbidden, resp.StatusCode, "another application")
 	resp, _ = httpDo(t, "PUT", s.APIURL()+"/v10/applications/"+app+"/commands", auth, `[]`)
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "2 per 20 s per application")
+}
+
+func TestRESTEnforceNonceAndFollowUps(t *testing.T) {
+	s := startServer(t, fastConfig())
+	auth := "Bot " + s.Token()
+	url := s.APIURL() + "/v10/channels/77/messages"
+	var ids []string
+	for range 2 {
+		resp, body := httpDo(t, "POST", url, auth, `{"content":"once","nonce":"evt-1","enforce_nonce":true}`)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(body, &m))
+		ids = append(ids, m["id"].(string))
+	}
+	require.Equal(t, ids[0], ids[1], "an enforce_nonce retry returns the first message")
+	require.Equal(t, 1, s.MessagesCreated())
+	resp, _ := httpDo(t, "POST", url, auth, `{"content":"x","nonce":"`+strings.Repeat("n", 26)+`"}`)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "nonce over 25 characters")
+
+	c := dialGateway(t, s)
+	c.identify(s, 0, 4)
+	_, err := s.Dispatch(0, "INTERACTION_CREATE", map[string]any{"id": "9001", "token": "itok", "type": 2})
+	require.NoError(t, err)
+	app := strconv.FormatUint(s.Config().ApplicationID, 10)
+	follow := s.APIURL() + "/v10/webhooks/" + app + "/itok"
+	resp, _ = httpDo(t, "POST", follow, "", `{"content":"early"}`)
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "no follow-up before the callback")
+	resp, _ = httpDo(t, "POST", s.APIURL()+"/v10/interactions/9001/itok/callback", "", `{"type":5}`)
+	require.Equal(t, http.StatusNoContent, resp.StatusCode)
+	resp, _ = httpDo(t, "PATCH", follow+"/messages/@original", "", `{"content":"done"}`)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = httpDo(t, "POST", follow, "", `{"content":"more"}`)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = httpDo(t, "POST", s.APIURL()+"/v10/webhooks/"+app+"/nope", "", `{"content":"x"}`)
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.Equal(t, 2, s.MessagesCreated())
 }
