@@ -66,11 +66,7 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	})
 	get("/guilds", func(*http.Request) (any, error) { return s.guilds, nil })
 	get("/referee", func(*http.Request) (any, error) { return s.Report(), nil })
-	get("/referee/summary", func(*http.Request) (any, error) {
-		d, u := s.EventsDispatched()
-		return map[string]any{"events_dispatched": d, "unique_events": u, "undelivered": s.Undelivered(),
-			"violations": len(s.Violations()), "overlaps": len(s.Overlaps(-1))}, nil
-	})
+	get("/referee/summary", func(*http.Request) (any, error) { return s.Summary(), nil })
 	get("/referee/sessions", func(*http.Request) (any, error) { return s.Sessions(), nil })
 	get("/referee/violations", func(*http.Request) (any, error) { return s.Violations(), nil })
 	get("/referee/shards", func(*http.Request) (any, error) { return s.ShardStats(), nil })

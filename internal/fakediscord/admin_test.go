@@ -110,6 +110,13 @@ func TestAdminAPI(t *testing.T) {
 	}
 	require.EqualValues(t, rep.EventsDispatched, n)
 
+	var sum Report
+	resp, b = httpDo(t, "GET", s.AdminURL()+"/referee/summary", "", "")
+	require.NoError(t, json.Unmarshal(b, &sum), "summary decodes as a Report")
+	require.Equal(t, rep.EventsDispatched, sum.EventsDispatched)
+	require.Equal(t, rep.Shards, sum.Shards)
+	require.Empty(t, sum.Sessions)
+
 	for _, p := range []string{"/info", "/guilds", "/referee/summary", "/referee/sessions", "/referee/violations",
 		"/referee/shards", "/referee/rest", "/referee/overlaps?shard=1"} {
 		resp, b := httpDo(t, "GET", s.AdminURL()+p, "", "")

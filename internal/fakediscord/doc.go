@@ -98,7 +98,7 @@
 //	GET    /admin/info                    URLs, shards, application id
 //	GET    /admin/guilds                  the population
 //	GET    /admin/referee                 Report: counts, shards, sessions, overlaps, violations, rest
-//	GET    /admin/referee/summary         counts only
+//	GET    /admin/referee/summary         Report without sessions and rest (decodes as a Report)
 //	GET    /admin/referee/sessions|violations|shards|rest
 //	GET    /admin/referee/overlaps?shard=N
 //	GET    /admin/referee/events?shard=N  the ledger as NDJSON, one Event per line

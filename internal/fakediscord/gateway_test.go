@@ -214,3 +214,21 @@ func TestHandoverWithoutOverlap(t *testing.T) {
 	require.Empty(t, s.Overlaps(1))
 	require.Empty(t, s.Violations())
 }
+
+func TestReplayRing(t *testing.T) {
+	var r replayRing
+	for seq := int64(1); seq <= 10; seq++ {
+		r.push(seq, []byte(strconv.FormatInt(seq, 10)), 4)
+	}
+	got, ok := r.after(6) // keeps 7..10
+	require.True(t, ok)
+	require.Equal(t, [][]byte{[]byte("7"), []byte("8"), []byte("9"), []byte("10")}, got)
+	got, ok = r.after(8)
+	require.True(t, ok)
+	require.Equal(t, [][]byte{[]byte("9"), []byte("10")}, got)
+	_, ok = r.after(5)
+	require.False(t, ok, "seq 6 is gone")
+	r.release()
+	_, ok = r.after(9)
+	require.False(t, ok)
+}

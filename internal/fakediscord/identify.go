@@ -119,6 +119,7 @@ func (c *conn) identify(raw json.RawMessage, received time.Time) {
 	s.ref.shard(shard[0]).Identifies++
 	s.mu.Unlock()
 
+	s.reapSessions(received)
 	start := s.waitOthers(c, shard[0], shard[1], received)
 	se := &session{id: newSessionID(), shard: shard[0], count: shard[1], intents: *d.Intents, compress: d.Compress}
 	c.mu.Lock()
@@ -349,4 +350,25 @@ func (c *conn) resume(raw json.RawMessage, received time.Time) {
 	se.mu.Unlock()
 	s.uniqueEvents.Add(1)
 	s.cfg.Logger.Debug("fakediscord resume", "shard_id", se.shard, "session_id", se.id, "conn_id", c.id, "seq", *d.Seq, "replayed", len(frames))
+}
+
+// reapSessions frees the replay buffers of sessions that can no longer be resumed
+// (their ledger stays).
+func (s *Server) reapSessions(now time.Time) {
+	s.mu.Lock()
+	var dead []*session
+	for _, se := range s.ref.sessions {
+		if !se.reaped && !se.resumable(now) {
+			dead = append(dead, se)
+		}
+	}
+	s.mu.Unlock()
+	for _, se := range dead {
+		se.mu.Lock()
+		se.replay.release()
+		se.mu.Unlock()
+		s.mu.Lock()
+		se.reaped = true
+		s.mu.Unlock()
+	}
 }

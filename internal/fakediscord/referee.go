@@ -121,10 +121,10 @@ type Report struct {
 	UniqueEvents     int64             `json:"unique_events"`
 	Undelivered      int64             `json:"undelivered"`
 	Shards           []ShardStats      `json:"shards"`
-	Sessions         []SessionInterval `json:"sessions"`
+	Sessions         []SessionInterval `json:"sessions,omitempty"`
 	Overlaps         []Overlap         `json:"overlaps"`
 	Violations       []Violation       `json:"violations"`
-	REST             []RESTRequest     `json:"rest"`
+	REST             []RESTRequest     `json:"rest,omitempty"`
 }
 
 // referee holds the record. Its fields are guarded by Server.mu.
@@ -315,6 +315,20 @@ func (s *Server) REST() []RESTRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.ref.rest)
+}
+
+// Summary is Report without Sessions and REST (both grow with the run): counts,
+// per-shard stats, overlaps and violations.
+func (s *Server) Summary() Report {
+	d, u := s.EventsDispatched()
+	return Report{
+		EventsDispatched: d,
+		UniqueEvents:     u,
+		Undelivered:      s.Undelivered(),
+		Shards:           s.ShardStats(),
+		Overlaps:         s.Overlaps(-1),
+		Violations:       s.Violations(),
+	}
 }
 
 // Report returns the whole record (without the event ledger, which can be large:

@@ -21,11 +21,11 @@ type session struct {
 	// routing.
 	expiresAt atomic.Int64
 	invalid   atomic.Bool
+	reaped    bool // replay released; guarded by Server.mu
 
 	mu          sync.Mutex
 	seq         int64
-	replay      [][]byte // frames of seqs replayStart, replayStart+1, ...
-	replayStart int64
+	replay      replayRing
 	events      []ledgerEntry
 	conn        *conn
 	lastAckSeq  int64 // the d of the client's last heartbeat
@@ -67,15 +67,7 @@ func (se *session) dispatchLocked(s *Server, typ string, id, guild uint64, d []b
 	}
 	se.seq++
 	frame := appendDispatch(make([]byte, 0, len(d)+len(typ)+40), se.seq, typ, d)
-	if len(se.replay) == 0 {
-		se.replayStart = se.seq
-	}
-	se.replay = append(se.replay, frame)
-	if len(se.replay) >= 2*s.cfg.ReplayLimit {
-		keep := se.replay[len(se.replay)-s.cfg.ReplayLimit:]
-		se.replayStart += int64(len(se.replay) - len(keep))
-		se.replay = append(make([][]byte, 0, 2*s.cfg.ReplayLimit), keep...)
-	}
+	se.replay.push(se.seq, frame, s.cfg.ReplayLimit)
 	se.events = append(se.events, ledgerEntry{id: id, guild: guild, seq: se.seq, at: now.UnixNano(), typ: typ})
 	if se.conn != nil {
 		se.conn.enqueue(frame, true)
@@ -89,11 +81,43 @@ func (se *session) framesAfterLocked(after int64) (frames [][]byte, ok bool) {
 	if after >= se.seq {
 		return nil, true
 	}
-	if len(se.replay) == 0 || after+1 < se.replayStart {
+	return se.replay.after(after)
+}
+
+// replayRing keeps the last `limit` dispatch frames of a session.
+type replayRing struct {
+	buf   [][]byte // oldest at buf[head] once full
+	head  int
+	first int64 // seq of the oldest kept frame
+}
+
+func (r *replayRing) push(seq int64, frame []byte, limit int) {
+	if len(r.buf) == 0 {
+		r.first = seq
+	}
+	if len(r.buf) < limit {
+		r.buf = append(r.buf, frame)
+		return
+	}
+	r.buf[r.head] = frame
+	r.head = (r.head + 1) % len(r.buf)
+	r.first++
+}
+
+// after returns the frames with seq > after in order (a copy), or false when the
+// oldest of them is gone.
+func (r *replayRing) after(after int64) ([][]byte, bool) {
+	if len(r.buf) == 0 || after+1 < r.first {
 		return nil, false
 	}
-	return se.replay[after+1-se.replayStart:], true
+	ordered := make([][]byte, 0, len(r.buf))
+	ordered = append(ordered, r.buf[r.head:]...)
+	ordered = append(ordered, r.buf[:r.head]...)
+	return ordered[after+1-r.first:], true
 }
+
+// release frees the frames of a session that can no longer be resumed.
+func (r *replayRing) release() { *r = replayRing{} }
 
 // registry: the sessions that can take events (live or resumable), by shard id.
 // Guarded by Server.mu.
