@@ -23,12 +23,12 @@ type session struct {
 	invalid   atomic.Bool
 	reaped    bool // replay released; guarded by Server.mu
 
-	mu          sync.Mutex
-	seq         int64
-	replay      replayRing
-	events      []ledgerEntry
-	conn        *conn
-	lastAckSeq  int64 // the d of the client's last heartbeat
+	mu         sync.Mutex
+	seq        int64
+	replay     replayRing
+	events     []ledgerEntry
+	conn       *conn
+	lastAckSeq int64 // the d of the client's last heartbeat
 }
 
 type ledgerEntry struct {
