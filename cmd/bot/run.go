@@ -44,6 +44,7 @@ type runSettings struct {
 	Shutdown    time.Duration
 	IdentWindow time.Duration
 	IdentRsv    int
+	IdentMargin time.Duration
 	BufferSize  int
 	Stream      bus.StreamConfig
 }
@@ -69,6 +70,7 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 	l.Duration(&s.Shutdown, "SHUTDOWN_TIMEOUT", shardlease.DefaultShutdownTimeout, "how long a graceful stop waits for the shards to hand off")
 	l.Duration(&s.IdentWindow, "IDENTIFY_WINDOW", 5*time.Second, "Discord's identify window per rate-limit bucket (shrink it only against a fake)")
 	l.Int(&s.IdentRsv, "IDENTIFY_RESERVE", 50, "part of the daily identify budget the cluster never spends")
+	l.Duration(&s.IdentMargin, "IDENTIFY_MARGIN", 0, "added to every identify window against network jitter (default: window/40, at least 10ms)")
 	l.Int(&s.BufferSize, "GATEWAY_BUFFER_SIZE", 8192, "events per shard received and not yet stored in JetStream")
 	l.Duration(&s.Stream.MaxAge, "STREAM_MAX_AGE", 72*time.Hour, "DISCORD_EVENTS max age")
 	var maxBytes int
@@ -144,6 +146,8 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 			return config.Invalid("SHUTDOWN_TIMEOUT", "must be positive, got %s", s.Shutdown)
 		case s.IdentWindow <= 0:
 			return config.Invalid("IDENTIFY_WINDOW", "must be positive, got %s", s.IdentWindow)
+		case s.IdentMargin < 0:
+			return config.Invalid("IDENTIFY_MARGIN", "must not be negative, got %s", s.IdentMargin)
 		case s.IdentRsv < 0:
 			return config.Invalid("IDENTIFY_RESERVE", "must not be negative, got %d", s.IdentRsv)
 		case s.BufferSize < 2:
@@ -239,7 +243,7 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer pub.Stop()
 
 	lim, err := gateway.NewIdentifyLimiter(pool, gateway.IdentifyConfig{
-		ReplicaID: replicaID, Window: s.IdentWindow, Reserve: s.IdentRsv, Registerer: reg, Logger: logger,
+		ReplicaID: replicaID, Window: s.IdentWindow, Margin: s.IdentMargin, Reserve: s.IdentRsv, Registerer: reg, Logger: logger,
 	})
 	if err != nil {
 		return err

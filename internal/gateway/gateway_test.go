@@ -63,11 +63,12 @@ func TestResumeAfterFaults(t *testing.T) {
 		{"op 9 resumable", func() int { return e.fake.InvalidSession(0, true) }},
 	} {
 		t.Run(fault.name, func(t *testing.T) {
+			conn := e.liveConn(t, 0, 0)
 			before := resumes()
 			require.Equal(t, 1, fault.inject())
 			e.dispatch(t, 0, 20) // some land while disconnected: replayed on RESUME
 			eventually(t, 20*time.Second, "a RESUME", func() bool { return resumes() > before })
-			ru.ready(t)
+			e.liveConn(t, 0, conn)
 			e.dispatch(t, 0, 20)
 		})
 	}

@@ -105,7 +105,12 @@ func (e *env) replica(name string, o replicaOpts) *replica {
 	reg := prometheus.NewRegistry()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With(slog.String("replica_id", name))
 	pool := pgtest.Pool(t, e.db.URL)
-	lim, err := NewIdentifyLimiter(pool, IdentifyConfig{ReplicaID: name, Window: e.fake.Config().IdentifyWindow, Registerer: reg, Logger: logger})
+	lim, err := NewIdentifyLimiter(pool, IdentifyConfig{
+		ReplicaID: name, Window: e.fake.Config().IdentifyWindow, Registerer: reg, Logger: logger,
+		// Covers the fake's read delay on a loaded test machine: the fake times
+		// IDENTIFYs when it reads them.
+		Margin: 50 * time.Millisecond,
+	})
 	require.NoError(t, err)
 	gb := e.fake.GatewayBot()
 	require.NoError(t, lim.SetLimits(context.Background(), SessionStartLimit{
@@ -128,7 +133,7 @@ func (e *env) replica(name string, o replicaOpts) *replica {
 		Identify:          lim,
 		BufferSize:        cmpOr(o.bufferSize, 8192),
 		DrainTimeout:      5 * time.Second,
-		HandshakeTimeout:  3 * time.Second,
+		HandshakeTimeout:  10 * time.Second,
 		ReconnectMin:      50 * time.Millisecond,
 		ReconnectMax:      500 * time.Millisecond,
 		InvalidSessionMin: 10 * time.Millisecond,
@@ -316,3 +321,20 @@ func itoa(i int) string { return fmt.Sprint(i) }
 type nopPublisher struct{}
 
 func (nopPublisher) Publish(context.Context, *bus.Event, bus.Completion) error { return nil }
+
+// liveConn waits until the fake holds a live session on shard over a connection
+// other than notConn, and returns that connection's id.
+func (e *env) liveConn(t testing.TB, shard int, notConn uint64) uint64 {
+	t.Helper()
+	var id uint64
+	eventually(t, 20*time.Second, "a live session", func() bool {
+		for _, si := range e.fake.Sessions() {
+			if si.Shard == shard && si.Live && si.ConnID != notConn {
+				id = si.ConnID
+				return true
+			}
+		}
+		return false
+	})
+	return id
+}

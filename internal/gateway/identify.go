@@ -31,7 +31,7 @@ type IdentifyConfig struct {
 	Window time.Duration
 	// Margin is added to every window so that network jitter between the send and
 	// Discord's receipt never makes two IDENTIFYs of a bucket look closer than
-	// the window. Default Window/50.
+	// the window. Default Window/40, at least 10ms.
 	Margin time.Duration
 	// Reserve is the part of the daily budget the cluster never spends: at or
 	// below it nobody identifies and the budget_low alert is raised. Default 50.
@@ -59,7 +59,7 @@ func NewIdentifyLimiter(pool *pgxpool.Pool, cfg IdentifyConfig) (*IdentifyLimite
 		return nil, errors.New("identify limiter: nil pool")
 	}
 	cfg.Window = cmp.Or(cfg.Window, 5*time.Second)
-	cfg.Margin = cmp.Or(cfg.Margin, cfg.Window/50)
+	cfg.Margin = cmp.Or(cfg.Margin, max(cfg.Window/40, 10*time.Millisecond))
 	if cfg.Reserve == 0 {
 		cfg.Reserve = 50
 	}
@@ -143,6 +143,9 @@ func (l *IdentifyLimiter) SetLimits(ctx context.Context, lim SessionStartLimit) 
 
 // IdentifyClaim is the right to send one IDENTIFY for a shard.
 type IdentifyClaim struct {
+	// ClaimedAt is the database's clock when the bucket was claimed.
+	ClaimedAt time.Time
+
 	l         *IdentifyLimiter
 	bucket    int
 	shardID   int
@@ -164,12 +167,12 @@ func (c *IdentifyClaim) Sent(ctx context.Context) error {
 	err := c.l.pool.QueryRow(ctx, `
 		WITH bucket AS (
 		    UPDATE discord_identify_buckets
-		    SET next_allowed_at = greatest(next_allowed_at, now() + make_interval(secs => $2))
+		    SET next_allowed_at = greatest(next_allowed_at, clock_timestamp() + make_interval(secs => $2))
 		    WHERE bucket = $1)
 		UPDATE discord_identify_budget
-		SET remaining = CASE WHEN reset_at <= now() THEN total ELSE remaining END - 1,
-		    reset_at = CASE WHEN reset_at <= now() THEN now() + interval '24 hours' ELSE reset_at END,
-		    updated_at = now()
+		SET remaining = CASE WHEN reset_at <= clock_timestamp() THEN total ELSE remaining END - 1,
+		    reset_at = CASE WHEN reset_at <= clock_timestamp() THEN clock_timestamp() + interval '24 hours' ELSE reset_at END,
+		    updated_at = clock_timestamp()
 		WHERE singleton
 		RETURNING remaining`, c.bucket, (c.l.cfg.Window + c.l.cfg.Margin).Seconds()).Scan(&remaining)
 	if err != nil {
@@ -226,9 +229,9 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 	var expired bool
 	var resetIn float64
 	err = tx.QueryRow(ctx, `
-		SELECT CASE WHEN reset_at <= now() THEN total ELSE remaining END,
-		       max_concurrency, reset_at <= now(),
-		       extract(epoch FROM reset_at - now())::float8
+		SELECT CASE WHEN reset_at <= clock_timestamp() THEN total ELSE remaining END,
+		       max_concurrency, reset_at <= clock_timestamp(),
+		       extract(epoch FROM reset_at - clock_timestamp())::float8
 		FROM discord_identify_budget WHERE singleton FOR UPDATE`).Scan(&remaining, &mc, &expired, &resetIn)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, 0, false, ErrBudgetUnknown
@@ -246,17 +249,18 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 	bucket := shardID % mc
 	var claimed bool
 	var nextIn float64
+	var at time.Time
 	err = tx.QueryRow(ctx, `
 		WITH claim AS (
 		    UPDATE discord_identify_buckets
-		    SET next_allowed_at = now() + make_interval(secs => $2),
-		        last_shard_id = $3, last_replica_id = $4, last_claimed_at = now()
-		    WHERE bucket = $1 AND next_allowed_at <= now()
+		    SET next_allowed_at = clock_timestamp() + make_interval(secs => $2),
+		        last_shard_id = $3, last_replica_id = $4, last_claimed_at = clock_timestamp()
+		    WHERE bucket = $1 AND next_allowed_at <= clock_timestamp()
 		    RETURNING bucket)
-		SELECT EXISTS (SELECT 1 FROM claim),
-		       coalesce((SELECT extract(epoch FROM next_allowed_at - now())::float8
+		SELECT EXISTS (SELECT 1 FROM claim), clock_timestamp(),
+		       coalesce((SELECT extract(epoch FROM next_allowed_at - clock_timestamp())::float8
 		                 FROM discord_identify_buckets WHERE bucket = $1), 0)`,
-		bucket, (l.cfg.Window+l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &nextIn)
+		bucket, (l.cfg.Window+l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &at, &nextIn)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("identify claim: bucket %d: %w", bucket, err)
 	}
@@ -271,7 +275,7 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 	if err := tx.Commit(ctx); err != nil {
 		return nil, 0, false, fmt.Errorf("identify claim: commit: %w", err)
 	}
-	return &IdentifyClaim{l: l, bucket: bucket, shardID: shardID, claimedAt: time.Now()}, 0, false, nil
+	return &IdentifyClaim{ClaimedAt: at, l: l, bucket: bucket, shardID: shardID, claimedAt: time.Now()}, 0, false, nil
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

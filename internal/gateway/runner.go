@@ -282,6 +282,10 @@ loop:
 			case *ws.CloseEvent:
 				closeErr = data
 			case *ws.BackgroundErrorEvent:
+				if data.Err != nil && data.Err.Error() == "heartbeat timed out" {
+					// arikawa's own zombie check won the race against ours.
+					sh.m.reconnect("zombie")
+				}
 				sh.log.DebugContext(ctx, "gateway event loop", slog.Any("error", data.Err))
 			}
 		case <-draining:
