@@ -121,7 +121,7 @@ func TestConfigurationReference(t *testing.T) {
 			for _, v := range vars {
 				r, ok := findRow(rows, v.name)
 				if !ok {
-					t.Errorf("%s reads %s (default %q); docs/configuration.md does not list it under ## %s", b.section, v.name, v.def, b.section)
+					t.Errorf("%s reads %s (default %q); docs/configuration.md does not list it under ## %s: add a row (variable, default, meaning)", b.section, v.name, v.def, b.section)
 					continue
 				}
 				if v.def != "" && v.def != host && !strings.Contains(r.def, "`"+v.def+"`") {
