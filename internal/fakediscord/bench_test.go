@@ -78,6 +78,6 @@ func BenchmarkRender(b *testing.B) {
 	now := time.Now()
 	for i := range b.N {
 		t := &g.kinds[i%len(g.kinds)]
-		g.render(t, uint64(i), 1<<40, 1<<40|1, 1<<40|8, now)
+		g.render(t, uint64(i), 1<<40, 1<<40|1, 1<<40|8, -1, now)
 	}
 }

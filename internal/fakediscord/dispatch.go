@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strconv"
 	"time"
 )
@@ -96,7 +97,11 @@ func (s *Server) dispatchAny(shard int, guild uint64, eventType string, d any) (
 	}
 	id := s.ids.id()
 	payload := withEventID(raw, id)
-	n, _ := s.deliver(nil, eventType, id, guild, shard, 0, payload, time.Now())
+	var blank func() []byte
+	if eventType == "MESSAGE_CREATE" || eventType == "MESSAGE_UPDATE" {
+		blank = func() []byte { return s.blankContent(payload) }
+	}
+	n, _ := s.deliver(nil, eventType, id, guild, shard, 0, payload, blank, time.Now())
 	if n == 0 {
 		return id, fmt.Errorf("dispatch %s to shard %d: %w", eventType, shard, ErrNoSession)
 	}
@@ -116,18 +121,28 @@ func (s *Server) dispatchAny(shard int, guild uint64, eventType string, d any) (
 
 // deliver dispatches one event to every session that should receive it and
 // returns how many did. intent, when not zero, skips sessions that did not ask
-// for it. dst is scratch space the caller may reuse.
-func (s *Server) deliver(dst []*session, typ string, id, guild uint64, shard int, intent uint64, d []byte, now time.Time) (int, []*session) {
+// for it. blank, when not nil, gives the payload for sessions without the
+// MESSAGE_CONTENT intent (called at most once). dst is scratch space the caller
+// may reuse.
+func (s *Server) deliver(dst []*session, typ string, id, guild uint64, shard int, intent uint64, d []byte, blank func() []byte, now time.Time) (int, []*session) {
 	s.mu.Lock()
 	dst = s.routeLocked(dst[:0], shard, guild, now)
 	s.mu.Unlock()
 	n := 0
+	var blanked []byte
 	for _, se := range dst {
 		if intent != 0 && se.intents&intent == 0 {
 			continue
 		}
+		payload := d
+		if blank != nil && se.intents&IntentMessageContent == 0 {
+			if blanked == nil {
+				blanked = blank()
+			}
+			payload = blanked
+		}
 		se.mu.Lock()
-		if se.dispatchLocked(s, typ, id, guild, d, now) {
+		if se.dispatchLocked(s, typ, id, guild, payload, now) {
 			n++
 		}
 		se.mu.Unlock()
@@ -139,4 +154,63 @@ func (s *Server) deliver(dst []*session, typ string, id, guild uint64, shard int
 	}
 	clear(dst)
 	return n, dst
+}
+
+// blankContent returns a MESSAGE_CREATE/UPDATE payload as Discord sends it to an
+// app without the privileged MESSAGE_CONTENT intent: content, embeds,
+// attachments and components empty, poll gone. DMs, messages mentioning the app
+// and the app's own messages keep their content. The id field stays first.
+func (s *Server) blankContent(d []byte) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(d, &m) != nil {
+		return d
+	}
+	if g, ok := m["guild_id"]; !ok || string(g) == "null" {
+		return d
+	}
+	app := strconv.FormatUint(s.cfg.ApplicationID, 10)
+	var author struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(m["author"], &author) == nil && author.ID == app {
+		return d
+	}
+	var mentions []struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(m["mentions"], &mentions)
+	for _, u := range mentions {
+		if u.ID == app {
+			return d
+		}
+	}
+	if _, ok := m["content"]; ok {
+		m["content"] = json.RawMessage(`""`)
+	}
+	for _, k := range []string{"embeds", "attachments", "components"} {
+		if _, ok := m[k]; ok {
+			m[k] = json.RawMessage(`[]`)
+		}
+	}
+	delete(m, "poll")
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		if k != EventIDField {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if _, ok := m[EventIDField]; ok {
+		keys = append([]string{EventIDField}, keys...)
+	}
+	out := append(make([]byte, 0, len(d)), '{')
+	for i, k := range keys {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendQuote(out, k)
+		out = append(out, ':')
+		out = append(out, m[k]...)
+	}
+	return append(out, '}')
 }

@@ -58,9 +58,13 @@
 // more than CommandLimit frames per CommandWindow: 4008. When IDENTIFY says
 // "compress": true, dispatches of at least CompressMinBytes are sent as
 // per-message zlib binary frames (as Discord compresses big payloads only).
-// Dispatches are filtered by intents the way Discord does (MESSAGE_CREATE needs
-// GUILD_MESSAGES or DIRECT_MESSAGES, PRESENCE_UPDATE needs GUILD_PRESENCES...),
-// except events injected with Dispatch, which always go.
+// Generated dispatches are filtered by intents the way Discord does
+// (MESSAGE_CREATE needs GUILD_MESSAGES or DIRECT_MESSAGES, PRESENCE_UPDATE needs
+// GUILD_PRESENCES...); events injected with Dispatch always go. A session without
+// the privileged MESSAGE_CONTENT intent gets guild MESSAGE_CREATE/MESSAGE_UPDATE
+// with content, embeds, attachments and components emptied (generated or
+// injected), except messages mentioning the app and the app's own, as on Discord:
+// a "!ping" command needs that intent.
 //
 // # Routing, guilds, traffic
 //

@@ -165,7 +165,7 @@ func identifyPayload(token string, shard, count int) map[string]any {
 	return map[string]any{
 		"token":      token,
 		"properties": map[string]string{"os": "linux", "browser": "test", "device": "test"},
-		"intents":    IntentGuilds | IntentGuildMessages | IntentDirectMessages | IntentGuildMembers | IntentGuildPresences | 1<<11,
+		"intents":    IntentGuilds | IntentGuildMessages | IntentDirectMessages | IntentGuildMembers | IntentGuildPresences | IntentMessageContent | 1<<11,
 		"shard":      []int{shard, count},
 	}
 }

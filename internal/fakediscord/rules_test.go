@@ -2,6 +2,7 @@ package fakediscord
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -326,4 +327,60 @@ func TestIntentsFilterGeneratedEvents(t *testing.T) {
 		require.NotEqual(t, "MESSAGE_CREATE", e.Type)
 	}
 	require.Positive(t, s.Undelivered())
+}
+
+func TestMessageContentIntent(t *testing.T) {
+	s := startServer(t, fastConfig())
+	with := dialGateway(t, s)
+	with.identify(s, 0, 1)
+	time.Sleep(25 * time.Millisecond) // identify window
+	without := dialGateway(t, s)
+	m := identifyPayload(s.Token(), 0, 1)
+	m["intents"] = IntentGuilds | IntentGuildMessages | IntentDirectMessages
+	without.send(OpIdentify, m)
+	require.Equal(t, "READY", without.readDispatch().typ())
+	for range s.Guilds() {
+		without.readDispatch()
+	}
+	app := strconv.FormatUint(s.Config().ApplicationID, 10)
+	type msg struct {
+		Content string            `json:"content"`
+		Embeds  []json.RawMessage `json:"embeds"`
+	}
+	read := func(c *rawClient) msg {
+		var out msg
+		f := c.readDispatch()
+		require.NoError(t, json.Unmarshal(f.D, &out))
+		_, ok := EventID(f.D)
+		require.True(t, ok, "id stays first: %s", f.D)
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		d     string
+		blank bool
+	}{
+		{"guild message", `{"guild_id":"1","content":"!ping","embeds":[{"title":"x"}],"author":{"id":"8"}}`, true},
+		{"dm", `{"content":"!ping","author":{"id":"8"}}`, false},
+		{"mentions the app", `{"guild_id":"1","content":"hi <@` + app + `>","mentions":[{"id":"` + app + `"}],"author":{"id":"8"}}`, false},
+		{"own message", `{"guild_id":"1","content":"Pong!","author":{"id":"` + app + `"}}`, false},
+	} {
+		_, err := s.Dispatch(0, "MESSAGE_CREATE", json.RawMessage(tc.d))
+		require.NoError(t, err)
+		require.NotEmpty(t, read(with).Content, tc.name)
+		got := read(without)
+		if tc.blank {
+			require.Empty(t, got.Content, tc.name)
+			require.Empty(t, got.Embeds, tc.name)
+		} else {
+			require.NotEmpty(t, got.Content, tc.name)
+		}
+	}
+	// Generated guild messages are blanked the same way.
+	require.NoError(t, s.StartTraffic(TrafficConfig{Count: 5, Mix: map[string]int{KindMessageCreate: 1}}))
+	require.NoError(t, s.WaitTraffic(t.Context()))
+	for range 5 {
+		require.NotEmpty(t, read(with).Content)
+		require.Empty(t, read(without).Content)
+	}
 }

@@ -366,8 +366,12 @@ func (g *generator) one(now time.Time) bool {
 		user = guild.Members[g.rng.IntN(len(guild.Members))]
 		channel = guild.Channels[g.rng.IntN(len(guild.Channels))]
 	}
-	d := g.render(t, id, guild.ID, channel, user, now)
-	n, scratch := g.s.deliver(g.scratch, t.typ, id, guild.ID, shard, t.intent, d, now)
+	d := g.render(t, id, guild.ID, channel, user, -1, now)
+	var blank func() []byte
+	if t.typ == "MESSAGE_CREATE" && !t.dm {
+		blank = func() []byte { return g.render(t, id, guild.ID, channel, user, 0, now) }
+	}
+	n, scratch := g.s.deliver(g.scratch, t.typ, id, guild.ID, shard, t.intent, d, blank, now)
 	g.scratch = scratch
 	if n > 0 && t.typ == "INTERACTION_CREATE" {
 		g.s.rest.addInteraction(id, interactionToken(id), now)
@@ -385,10 +389,12 @@ func (g *generator) timestamp(now time.Time) []byte {
 	return g.tsCache
 }
 
-// render fills a template. The filler is sized so d is about PayloadSize bytes.
-func (g *generator) render(t *template, id, guild, channel, user uint64, now time.Time) []byte {
-	fill := g.size - t.fixed - 22*len(t.holes) - 24
-	fill = max(fill, 1)
+// render fills a template with fill bytes of filler (the content of a message);
+// fill < 0 sizes the filler so d is about PayloadSize bytes.
+func (g *generator) render(t *template, id, guild, channel, user uint64, fill int, now time.Time) []byte {
+	if fill < 0 {
+		fill = max(g.size-t.fixed-22*len(t.holes)-24, 1)
+	}
 	d := make([]byte, 0, g.size+64)
 	d = appendEventIDField(d, id)
 	for i, h := range t.holes {
