@@ -46,6 +46,11 @@ type Server struct {
 	nextID       uint64
 	limits       []limit
 	commands     []byte
+	holds        map[string]*hold
+}
+
+type hold struct {
+	arrived, release chan struct{}
 }
 
 type limit struct {
@@ -58,7 +63,7 @@ type limit struct {
 // New starts a server closed when t ends.
 func New(t testing.TB, token string) *Server {
 	s := &Server{Token: token, ReplyWindow: 3 * time.Second, interactions: map[string]*interaction{},
-		nonces: map[string]string{}, nextID: 1 << 40}
+		nonces: map[string]string{}, nextID: 1 << 40, holds: map[string]*hold{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -107,8 +112,35 @@ func (s *Server) Commands() []byte {
 	return s.commands
 }
 
+// Hold makes the next request to path wait before it is processed: arrived is
+// closed when it comes in, release lets it through. A request whose client goes
+// away while held (a killed worker) is recorded with Status 0 and has no effect.
+func (s *Server) Hold(path string) (arrived <-chan struct{}, release func()) {
+	h := &hold{arrived: make(chan struct{}), release: make(chan struct{})}
+	s.mu.Lock()
+	s.holds[path] = h
+	s.mu.Unlock()
+	var once sync.Once
+	return h.arrived, func() { once.Do(func() { close(h.release) }) }
+}
+
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
+	s.mu.Lock()
+	h := s.holds[r.URL.Path]
+	delete(s.holds, r.URL.Path)
+	s.mu.Unlock()
+	if h != nil {
+		close(h.arrived)
+		select {
+		case <-h.release:
+		case <-r.Context().Done():
+			s.mu.Lock()
+			s.reqs = append(s.reqs, Request{At: time.Now(), Method: r.Method, Path: r.URL.Path, Body: body})
+			s.mu.Unlock()
+			return
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	status, out := s.answer(w, r, body)
