@@ -66,6 +66,24 @@
 // injected), except messages mentioning the app and the app's own, as on Discord:
 // a "!ping" command needs that intent.
 //
+// # REST (under APIURL()+"/v10" or "/v9"; everything recorded, see REST())
+//
+//	GET   /gateway, /gateway/bot (Authorization: Bot <token>)   url, shards, session_start_limit
+//	GET   /oauth2/applications/@me, /applications/@me, /users/@me
+//	POST  /interactions/{id}/{token}/callback   204; 404 10062 unknown or later than InteractionTimeout,
+//	                                            400 40060 answered twice, 401 50027 wrong token
+//	POST  /webhooks/{app}/{token}               follow-up (after the callback, 15 min)
+//	PATCH /webhooks/{app}/{token}/messages/{id} edit (e.g. @original)
+//	POST  /channels/{id}/messages               message object; enforce_nonce dedup (nonce <= 25 chars)
+//	PUT   /applications/{id}/commands           the commands with ids
+//
+// Buckets (Config.RouteLimits; defaults 5/5s per channel for messages, 2/20s for
+// commands) and the global limit (50/s; interaction and webhook routes exempt)
+// answer 429 with X-RateLimit-Limit/Remaining/Reset/Reset-After/Bucket/Scope,
+// Retry-After in seconds with decimals and X-RateLimit-Global; each such 429 is a
+// violation (the client ignored the headers). ForceRateLimit forces 429s that are
+// not violations.
+//
 // # Routing, guilds, traffic
 //
 // Guilds() is a seeded population whose ids spread over years, so

@@ -23,6 +23,8 @@ const (
 	routeChannelMessages     = "POST /channels/{id}/messages"
 	routeCommands            = "PUT /applications/{id}/commands"
 	routeWebhookFollowUp     = "POST /webhooks/{app}/{token}"
+	routeApplicationMe       = "GET /applications/@me"
+	routeUserMe              = "GET /users/@me"
 	routeWebhookEdit         = "PATCH /webhooks/{app}/{token}/messages/{msg}"
 
 	RouteGateway             = routeGateway
@@ -134,6 +136,9 @@ func (s *Server) restRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/{ver}/interactions/{id}/{token}/callback", s.rest1(routeInteractionCallback, s.postInteractionCallback))
 	mux.HandleFunc("POST /api/{ver}/channels/{id}/messages", s.rest1(routeChannelMessages, s.postChannelMessage))
 	mux.HandleFunc("PUT /api/{ver}/applications/{id}/commands", s.rest1(routeCommands, s.putCommands))
+	mux.HandleFunc("GET /api/{ver}/oauth2/applications/@me", s.rest1(routeApplicationMe, s.getApplication))
+	mux.HandleFunc("GET /api/{ver}/applications/@me", s.rest1(routeApplicationMe, s.getApplication))
+	mux.HandleFunc("GET /api/{ver}/users/@me", s.rest1(routeUserMe, s.getUserMe))
 	mux.HandleFunc("POST /api/{ver}/webhooks/{app}/{token}", s.rest1(routeWebhookFollowUp, s.webhookMessage))
 	mux.HandleFunc("PATCH /api/{ver}/webhooks/{app}/{token}/messages/{msg}", s.rest1(routeWebhookEdit, s.webhookMessage))
 	mux.HandleFunc("/api/", s.rest1("unknown", func(w http.ResponseWriter, _ *http.Request, rec *RESTRequest, _ []byte) {
@@ -537,4 +542,28 @@ func (s *Server) putCommands(w http.ResponseWriter, r *http.Request, rec *RESTRe
 		cmds = []map[string]any{}
 	}
 	writeJSON(w, rec, http.StatusOK, cmds)
+}
+
+func (s *Server) botUser() map[string]any {
+	return map[string]any{"id": strconv.FormatUint(s.cfg.ApplicationID, 10), "username": "shardwarden-fake",
+		"discriminator": "0", "global_name": nil, "avatar": nil, "bot": true, "verified": true, "flags": 0}
+}
+
+func (s *Server) getApplication(w http.ResponseWriter, r *http.Request, rec *RESTRequest, _ []byte) {
+	if !s.authorized(w, r, rec) || !s.limit(w, rec, rec.Route, "", true) {
+		return
+	}
+	writeJSON(w, rec, http.StatusOK, map[string]any{
+		"id": strconv.FormatUint(s.cfg.ApplicationID, 10), "name": "shardwarden-fake", "icon": nil,
+		"description": "", "bot_public": false, "bot_require_code_grant": false, "verify_key": "00",
+		"flags": 0, "bot": s.botUser(), "owner": map[string]any{"id": "1", "username": "owner", "discriminator": "0"},
+		"team": nil, "approximate_guild_count": len(s.guilds),
+	})
+}
+
+func (s *Server) getUserMe(w http.ResponseWriter, r *http.Request, rec *RESTRequest, _ []byte) {
+	if !s.authorized(w, r, rec) || !s.limit(w, rec, rec.Route, "", true) {
+		return
+	}
+	writeJSON(w, rec, http.StatusOK, s.botUser())
 }

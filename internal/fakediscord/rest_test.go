@@ -195,3 +195,17 @@ func TestRESTEnforceNonceAndFollowUps(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 	require.Equal(t, 2, s.MessagesCreated())
 }
+
+func TestRESTApplicationAndUser(t *testing.T) {
+	s := startServer(t, fastConfig())
+	app := strconv.FormatUint(s.Config().ApplicationID, 10)
+	for _, p := range []string{"/v10/oauth2/applications/@me", "/v9/applications/@me", "/v10/users/@me"} {
+		resp, body := httpDo(t, "GET", s.APIURL()+p, "Bot "+s.Token(), "")
+		require.Equal(t, http.StatusOK, resp.StatusCode, p)
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(body, &m))
+		require.Equal(t, app, m["id"], p)
+		resp, _ = httpDo(t, "GET", s.APIURL()+p, "", "")
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, p)
+	}
+}
