@@ -53,6 +53,7 @@ type conn struct {
 	closing  bool // a close frame is queued or the TCP connection was dropped
 	compress bool
 	sess     *session
+	released *session // detached from this connection by op 7 / op 9 d=true
 	iv       *SessionInterval
 	shard    int // -1 until IDENTIFY/RESUME
 }

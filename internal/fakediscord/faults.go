@@ -64,11 +64,15 @@ func (s *Server) Inject(f Fault) (int, error) {
 		switch f.Kind {
 		case FaultReconnect:
 			c.enqueue(frameReconnect, false)
+			c.release()
 			c.detach("op7_reconnect", 0, false)
 		case FaultInvalidSession:
 			frame := frameInvalidF
 			if f.Resumable {
 				frame = frameInvalidT
+			}
+			if f.Resumable {
+				c.release()
 			}
 			c.detach("op9_invalid_session", 0, !f.Resumable)
 			c.enqueue(frame, false)
@@ -99,6 +103,15 @@ func (s *Server) Inject(f Fault) (int, error) {
 		}
 	}
 	return len(conns), nil
+}
+
+// release remembers the session about to be detached (see invalidateReleased).
+func (c *conn) release() {
+	c.mu.Lock()
+	if c.sess != nil {
+		c.released = c.sess
+	}
+	c.mu.Unlock()
 }
 
 func (c *conn) unstall() {

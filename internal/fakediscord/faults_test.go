@@ -177,3 +177,16 @@ func (c *conn) queueLen() int {
 	defer c.mu.Unlock()
 	return len(c.queue)
 }
+
+func TestCloseNormalAfterReconnectEndsSession(t *testing.T) {
+	s := startServer(t, fastConfig())
+	c := dialGateway(t, s)
+	r, last := c.identify(s, 0, 4)
+	s.Reconnect(0)
+	require.Equal(t, OpReconnect, c.read().Op)
+	// A client that obeys op 7 with a 1000 close throws its session away.
+	require.NoError(t, c.ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(1000, "")))
+	eventually(t, "connection gone", func() bool { return len(s.snapshotConns()) == 0 })
+	_, f := resumeOn(t, s, r.SessionID, last)
+	require.Equal(t, OpInvalidSession, f.Op)
+}

@@ -132,6 +132,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, resume bool) {
 	<-c.writerD
 	_ = c.nc.Close()
 	c.detach(reason, code, invalidate)
+	if reason == "client_close" && invalidate {
+		c.invalidateReleased()
+	}
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
@@ -353,6 +356,29 @@ func (c *conn) detach(reason string, code int, invalidate bool) {
 	s.mu.Unlock()
 	s.cfg.Logger.Debug("fakediscord session detached", "shard_id", se.shard, "session_id", se.id,
 		"conn_id", c.id, "reason", reason, "close_code", code, "invalidated", invalidate)
+}
+
+// invalidateReleased applies a client's 1000/1001 close to the session this
+// connection was detached from by op 7 or op 9 d=true, unless another connection
+// has resumed it meanwhile: on Discord such a close ends the session.
+func (c *conn) invalidateReleased() {
+	c.mu.Lock()
+	se := c.released
+	c.mu.Unlock()
+	if se == nil {
+		return
+	}
+	se.mu.Lock()
+	idle := se.conn == nil
+	if idle {
+		se.invalid.Store(true)
+	}
+	se.mu.Unlock()
+	if idle {
+		c.srv.mu.Lock()
+		c.srv.reg.remove(se)
+		c.srv.mu.Unlock()
+	}
 }
 
 // windowCounter allows limit events per sliding window.
