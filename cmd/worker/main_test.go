@@ -26,6 +26,7 @@ import (
 	"github.com/shardwarden/shardwarden/internal/bus"
 	"github.com/shardwarden/shardwarden/internal/config"
 	"github.com/shardwarden/shardwarden/internal/discordrest/resttest"
+	"github.com/shardwarden/shardwarden/internal/fakediscord"
 	"github.com/shardwarden/shardwarden/internal/health"
 	"github.com/shardwarden/shardwarden/internal/natstest"
 	"github.com/shardwarden/shardwarden/internal/pgtest"
@@ -428,4 +429,50 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	require.Zero(t, info.NumAckPending, "acked before exit")
 	require.Zero(t, info.NumPending)
 	require.NotContains(t, p.logs.String(), token)
+}
+
+// The same crash against the project's fake Discord: the worker is killed while
+// its reply waits out a 429's Retry-After; the next process replies, and the fake's
+// REST record holds exactly one created message.
+func TestSIGKILLWhileRateLimitedAgainstFakeDiscord(t *testing.T) {
+	b := setup(t)
+	fake, err := fakediscord.New(fakediscord.Config{})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	require.NoError(t, fake.Start(ctx))
+	t.Cleanup(fake.Stop)
+	b.env["DISCORD_API_URL"] = fake.APIURL()
+	b.env["DISCORD_TOKEN"] = fake.Token()
+	b.env["DISCORD_APPLICATION_ID"] = strconv.FormatUint(fake.Config().ApplicationID, 10)
+	b.env["WORKER_ACK_WAIT"] = "3s" // handler deadline 2.4s: long enough to wait out the 429
+
+	p1 := startProcess(t, b.env, "commands")
+	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
+	fake.ForceRateLimit(fakediscord.ForcedRateLimit{Route: fakediscord.RouteChannelMessages, RetryAfter: 2 * time.Second, Count: 1})
+	publish(t, b.js, "MESSAGE_CREATE", `{"id":"7100","channel_id":"201","content":"!ping","author":{"id":"1"}}`)
+	require.Eventually(t, func() bool {
+		for _, r := range fake.REST() {
+			if r.ChannelID == 201 && r.RateLimited {
+				return true
+			}
+		}
+		return false
+	}, 20*time.Second, 10*time.Millisecond, "the reply was rate limited")
+	require.NoError(t, p1.cmd.Process.Signal(syscall.SIGKILL)) // mid-handler: waiting out Retry-After
+	<-p1.exited
+	require.Zero(t, fake.MessagesCreated())
+
+	startProcess(t, b.env, "commands")
+	require.Eventually(t, func() bool { return fake.MessagesCreated() == 1 }, 30*time.Second, 20*time.Millisecond)
+	time.Sleep(3500 * time.Millisecond) // past another ack wait: nothing more may arrive
+	require.Equal(t, 1, fake.MessagesCreated(), "exactly one reply")
+	ok := 0
+	for _, r := range fake.REST() {
+		if r.ChannelID == 201 && r.Status == 200 {
+			ok++
+		}
+	}
+	require.Equal(t, 1, ok, "one successful create message in the REST record")
+	require.Empty(t, fake.Violations())
 }

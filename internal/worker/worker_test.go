@@ -431,3 +431,38 @@ func TestStopWithoutStart(t *testing.T) {
 	w.Stop()
 	w.Stop()
 }
+
+// A message whose handler never reported a failure but was delivered more than
+// MaxDeliver times (the process died with it, every time) is dead-lettered without
+// running the handler again: a poison event cannot crash-loop a worker.
+func TestCrashLoopingEventIsDeadLettered(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	var ran atomic.Int32
+	cfg := worker.Config{Name: "crashy", MaxDeliver: 2, FilterSubjects: []string{bus.EventSubject("MESSAGE_CREATE")},
+		JetStream: b.js, Handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {
+			ran.Add(1)
+			return nil
+		})}
+	probe, err := worker.New(cfg)
+	require.NoError(t, err)
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, bus.EventsStream, probe.ConsumerConfig())
+	require.NoError(t, err)
+	publish(t, b.js, "MESSAGE_CREATE", 1, `{}`)
+	for range 2 { // two deliveries that "died" with the process
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		m := <-batch.Messages()
+		require.NotNil(t, m)
+		require.NoError(t, m.Nak())
+	}
+
+	start(t, b, cfg)
+	waitFor(t, "dead letter", func() bool { return metric(t, b.reg, "shardwarden_worker_dead_lettered_total", "crashy") == 1 })
+	require.Zero(t, ran.Load())
+	dls, err := worker.ListDeadLetters(ctx, b.js, "crashy", 0)
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	require.Equal(t, 3, dls[0].Delivered)
+	require.Contains(t, dls[0].Error, "delivery budget used up")
+}
