@@ -46,7 +46,7 @@ func TestRESTGateway(t *testing.T) {
 
 func TestRESTInteractionCallback(t *testing.T) {
 	cfg := fastConfig()
-	cfg.InteractionTimeout = 300 * time.Millisecond
+	cfg.InteractionTimeout = 1500 * time.Millisecond
 	s := startServer(t, cfg)
 	c := dialGateway(t, s)
 	c.identify(s, 0, 4)
@@ -55,6 +55,7 @@ func TestRESTInteractionCallback(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.Dispatch(0, "INTERACTION_CREATE", map[string]any{"id": "5002", "token": "tok-b", "type": 2})
 	require.NoError(t, err)
+	dispatched := time.Now()
 	cb := func(id, tok, body string) int {
 		resp, _ := httpDo(t, "POST", s.APIURL()+"/v10/interactions/"+id+"/"+tok+"/callback", "", body)
 		return resp.StatusCode
@@ -64,7 +65,7 @@ func TestRESTInteractionCallback(t *testing.T) {
 	require.Equal(t, http.StatusNoContent, cb("5001", "tok-a", `{"type":4,"data":{"content":"pong"}}`))
 	require.Equal(t, http.StatusBadRequest, cb("5001", "tok-a", `{"type":4,"data":{"content":"again"}}`))
 	require.Equal(t, http.StatusNotFound, cb("9999", "tok", `{"type":4,"data":{"content":"x"}}`))
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(time.Until(dispatched.Add(1600 * time.Millisecond)))
 	require.Equal(t, http.StatusNotFound, cb("5002", "tok-b", `{"type":5}`), "after the 3 s window")
 	require.Equal(t, []string{RuleInteractionTwice, RuleInteractionTooLate}, rules(s.Violations()))
 

@@ -122,7 +122,7 @@ func TestHeartbeatTimeoutClosesAndInvalidates(t *testing.T) {
 func TestHeartbeatingKeepsConnection(t *testing.T) {
 	cfg := fastConfig()
 	cfg.HeartbeatInterval = 30 * time.Millisecond
-	cfg.HeartbeatTimeout = 300 * time.Millisecond
+	cfg.HeartbeatTimeout = time.Second
 	s := startServer(t, cfg)
 	c := dialGateway(t, s)
 	_, last := c.identify(s, 0, 4)
