@@ -3,6 +3,7 @@ package fakediscord
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,4 +190,26 @@ func TestCloseNormalAfterReconnectEndsSession(t *testing.T) {
 	eventually(t, "connection gone", func() bool { return len(s.snapshotConns()) == 0 })
 	_, f := resumeOn(t, s, r.SessionID, last)
 	require.Equal(t, OpInvalidSession, f.Op)
+}
+
+func TestSlowConsumerIsDropped(t *testing.T) {
+	cfg := fastConfig()
+	cfg.MaxQueuedFrames = 64
+	cfg.ReplayLimit = 128
+	s := startServer(t, cfg)
+	c := dialGateway(t, s)
+	c.identify(s, 0, 4)
+	// The client stops reading; events pile up in the kernel buffers, then in the
+	// connection's queue.
+	payload := json.RawMessage(`{"x":"` + strings.Repeat("y", 4096) + `"}`)
+	for i := 0; i < 50000 && len(s.Violations()) == 0; i++ {
+		if _, err := s.Dispatch(0, "MESSAGE_CREATE", payload); err != nil {
+			break
+		}
+	}
+	eventually(t, "slow consumer dropped", func() bool { return len(s.Violations()) > 0 })
+	require.Equal(t, RuleSlowConsumer, s.Violations()[0].Rule)
+	eventually(t, "interval ended", func() bool { return !s.Sessions()[0].Live })
+	_, err := s.Dispatch(0, "MESSAGE_CREATE", payload)
+	require.NoError(t, err, "the session stays resumable and keeps buffering")
 }
