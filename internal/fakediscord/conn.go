@@ -37,6 +37,7 @@ type conn struct {
 	ws         *websocket.Conn
 	nc         net.Conn
 	resumePath bool
+	stream     bool // ?compress=zlib-stream: transport compression
 	opened     time.Time
 
 	kill    chan struct{} // closed when the handler ends: the writer stops
@@ -135,6 +136,7 @@ func (c *conn) writeLoop() {
 		buf  []byte
 		zbuf bytes.Buffer
 		zw   *zlib.Writer
+		sw   *zlib.Writer // zlib-stream, writing into zbuf
 	)
 	flush := func() bool {
 		if len(buf) == 0 {
@@ -186,7 +188,17 @@ func (c *conn) writeLoop() {
 				return
 			}
 			data, op := f.data, byte(wsText)
-			if f.dispatch && compress && (c.srv.cfg.CompressMinBytes < 0 || len(data) >= c.srv.cfg.CompressMinBytes) {
+			if c.stream {
+				// Transport compression: one zlib stream for the connection, each
+				// payload ending in a sync flush (00 00 ff ff), sent as binary.
+				zbuf.Reset()
+				if sw == nil {
+					sw, _ = zlib.NewWriterLevel(&zbuf, zlib.BestSpeed)
+				}
+				_, _ = sw.Write(data)
+				_ = sw.Flush()
+				data, op = zbuf.Bytes(), wsBinary
+			} else if f.dispatch && compress && (c.srv.cfg.CompressMinBytes < 0 || len(data) >= c.srv.cfg.CompressMinBytes) {
 				zbuf.Reset()
 				if zw == nil {
 					zw, _ = zlib.NewWriterLevel(&zbuf, zlib.BestSpeed)

@@ -57,7 +57,9 @@
 // unknown op: 4001; a command before IDENTIFY: 4003; IDENTIFY/RESUME twice: 4005;
 // more than CommandLimit frames per CommandWindow: 4008. When IDENTIFY says
 // "compress": true, dispatches of at least CompressMinBytes are sent as
-// per-message zlib binary frames (as Discord compresses big payloads only).
+// per-message zlib binary frames (as Discord compresses big payloads only). With
+// ?compress=zlib-stream every payload (HELLO included) is one more piece of a
+// single zlib stream per connection, ending in a sync flush, in binary frames.
 // Generated dispatches are filtered by intents the way Discord does
 // (MESSAGE_CREATE needs GUILD_MESSAGES or DIRECT_MESSAGES, PRESENCE_UPDATE needs
 // GUILD_PRESENCES...); events injected with Dispatch always go. A session without

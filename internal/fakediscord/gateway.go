@@ -102,6 +102,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, resume bool) {
 		ws:         ws,
 		nc:         ws.NetConn(),
 		resumePath: resume,
+		stream:     r.URL.Query().Get("compress") == "zlib-stream",
 		opened:     time.Now(),
 		kill:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
@@ -157,11 +158,6 @@ func (c *conn) readLoop(r *http.Request) (reason string, code int, invalidate bo
 	if cmp := q.Get("compress"); cmp != "" && cmp != "zlib-stream" {
 		s.violation(Violation{Rule: RuleDecodeError, Shard: -1, ConnID: c.id, CloseCode: CloseDecodeError, Detail: "compress=" + cmp})
 		return c.closeAndDrain(CloseDecodeError, "Error while decoding payload.", true)
-	} else if cmp == "zlib-stream" {
-		// Transport compression is not implemented by the fake; say so loudly
-		// rather than send plain frames the client would try to inflate.
-		s.violation(Violation{Rule: RuleDecodeError, Shard: -1, ConnID: c.id, CloseCode: CloseDecodeError, Detail: "compress=zlib-stream is not supported by the fake"})
-		return c.closeAndDrain(CloseDecodeError, "zlib-stream unsupported by fake", true)
 	}
 
 	hello := fmt.Appendf(nil, `{"op":10,"d":{"heartbeat_interval":%d,"_trace":["fakediscord"]},"s":null,"t":null}`,

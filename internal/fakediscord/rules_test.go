@@ -1,7 +1,11 @@
 package fakediscord
 
 import (
+	"bytes"
+	"compress/zlib"
 	"encoding/json"
+	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -383,4 +387,56 @@ func TestMessageContentIntent(t *testing.T) {
 		require.NotEmpty(t, read(with).Content)
 		require.Empty(t, read(without).Content)
 	}
+}
+
+func TestTransportCompression(t *testing.T) {
+	s := startServer(t, fastConfig())
+	ws, _, err := wsDialer.Dial(s.GatewayURL()+"?v=10&encoding=json&compress=zlib-stream", nil)
+	require.NoError(t, err)
+	defer ws.Close()
+	// Every frame is binary; together they are one zlib stream of JSON payloads.
+	pr, pw := io.Pipe()
+	go func() {
+		for {
+			mt, b, err := ws.ReadMessage()
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			if mt != websocket.BinaryMessage {
+				pw.CloseWithError(fmt.Errorf("text frame %q", b))
+				return
+			}
+			if !bytes.HasSuffix(b, []byte{0, 0, 0xff, 0xff}) {
+				pw.CloseWithError(fmt.Errorf("frame without sync flush"))
+				return
+			}
+			if _, err := pw.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	zr, err := zlib.NewReader(pr)
+	require.NoError(t, err)
+	dec := json.NewDecoder(zr)
+	next := func() frame {
+		var f frame
+		require.NoError(t, dec.Decode(&f))
+		return f
+	}
+	require.Equal(t, OpHello, next().Op)
+	b, _ := json.Marshal(map[string]any{"op": OpIdentify, "d": identifyPayload(s.Token(), 0, 4)})
+	require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	f := next()
+	require.Equal(t, "READY", f.typ())
+	for range s.GuildsOfShard(0, 4) {
+		require.Equal(t, "GUILD_CREATE", next().typ())
+	}
+	id, err := s.Dispatch(0, "MESSAGE_CREATE", json.RawMessage(`{"content":"z"}`))
+	require.NoError(t, err)
+	f = next()
+	got, _ := EventID(f.D)
+	require.Equal(t, id, got)
+	_ = ws.Close()
+	_ = pr.Close()
 }
