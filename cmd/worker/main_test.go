@@ -86,6 +86,7 @@ func setup(t *testing.T) bundle {
 	require.NoError(t, err)
 	require.NoError(t, bus.EnsureStreams(context.Background(), js, bus.StreamConfig{}))
 	rest := resttest.New(t, token)
+	rest.SetReplyWindow(10 * time.Second)
 	e := env{
 		"NATS_URL":                     natsURL,
 		"DATABASE_URL":                 db.URL,
@@ -101,6 +102,7 @@ func setup(t *testing.T) bundle {
 		"WORKER_COMMANDS_HEALTH_ADDR":  fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t)),
 		"WORKER_GUILDS_HEALTH_ADDR":    fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t)),
 		"WORKER_IDEMPOTENCY_RETENTION": "168h",
+		"COMMANDS_REPLY_WINDOW":        "10s",
 	}
 	return bundle{env: e, js: js, pool: pgtest.Pool(t, db.URL), rest: rest}
 }

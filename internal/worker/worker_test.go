@@ -255,11 +255,11 @@ func TestLongHandlerKeptInProgress(t *testing.T) {
 	b := setup(t)
 	var calls atomic.Int32
 	start(t, b, worker.Config{
-		Name: "slow", AckWait: 400 * time.Millisecond, HandlerTimeout: 1500 * time.Millisecond,
+		Name: "slow", AckWait: time.Second, HandlerTimeout: 4 * time.Second,
 		Handler: worker.HandlerFunc(func(ctx context.Context, _ *worker.Message) error {
 			calls.Add(1)
 			select { // three ack waits long: only InProgress prevents a redelivery
-			case <-time.After(1200 * time.Millisecond):
+			case <-time.After(2500 * time.Millisecond):
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
@@ -268,7 +268,7 @@ func TestLongHandlerKeptInProgress(t *testing.T) {
 	})
 	publish(t, b.js, "MESSAGE_CREATE", 1, `{}`)
 	waitFor(t, "processed", func() bool { return metric(t, b.reg, "shardwarden_worker_processed_total", "slow") == 1 })
-	time.Sleep(600 * time.Millisecond) // longer than AckWait: a lost ack would show
+	time.Sleep(1200 * time.Millisecond) // longer than AckWait: a lost ack would show
 	require.EqualValues(t, 1, calls.Load())
 	require.Equal(t, float64(1), metric(t, b.reg, "shardwarden_worker_deliveries_total", "slow"))
 }
@@ -360,7 +360,7 @@ func TestStopDrainsInFlight(t *testing.T) {
 	entered := make(chan struct{}, 10)
 	release := make(chan struct{})
 	var finished atomic.Int32
-	w := start(t, b, worker.Config{Name: "drainer", Concurrency: 2, PullBatch: 8, Handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {
+	w := start(t, b, worker.Config{Name: "drainer", Concurrency: 2, PullBatch: 8, AckWait: 20 * time.Second, Handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {
 		entered <- struct{}{}
 		<-release
 		finished.Add(1)
@@ -389,14 +389,14 @@ func TestStopDrainsInFlight(t *testing.T) {
 	// replica gets them right away (Nak'ed, not left to the ack wait).
 	got := make(chan struct{}, 10)
 	reg := prometheus.NewRegistry()
-	start(t, bundle{js: b.js, reg: reg}, worker.Config{Name: "drainer", Handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {
+	start(t, bundle{js: b.js, reg: reg}, worker.Config{Name: "drainer", AckWait: 20 * time.Second, Handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {
 		got <- struct{}{}
 		return nil
 	})})
 	for range 4 {
 		select {
 		case <-got:
-		case <-time.After(2 * time.Second): // AckWait is 3s: only a Nak is this fast
+		case <-time.After(10 * time.Second): // AckWait is 20s: only a Nak is this fast
 			t.Fatal("buffered messages were not returned on drain")
 		}
 	}

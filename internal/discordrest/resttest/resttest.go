@@ -36,10 +36,10 @@ type interaction struct {
 // Server is the endpoint; URL()+"/api" is its DISCORD_API_URL.
 type Server struct {
 	*httptest.Server
-	Token       string        // expected bot token
-	ReplyWindow time.Duration // default 3s
+	Token string // expected bot token
 
 	mu           sync.Mutex
+	replyWindow  time.Duration
 	reqs         []Request
 	interactions map[string]*interaction
 	nonces       map[string]string // nonce → message id
@@ -62,7 +62,7 @@ type limit struct {
 
 // New starts a server closed when t ends.
 func New(t testing.TB, token string) *Server {
-	s := &Server{Token: token, ReplyWindow: 3 * time.Second, interactions: map[string]*interaction{},
+	s := &Server{Token: token, replyWindow: 3 * time.Second, interactions: map[string]*interaction{},
 		nonces: map[string]string{}, nextID: 1 << 40, holds: map[string]*hold{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
@@ -71,6 +71,14 @@ func New(t testing.TB, token string) *Server {
 
 // APIURL is the DISCORD_API_URL of the server.
 func (s *Server) APIURL() string { return s.URL + "/api" }
+
+// SetReplyWindow sets how long an interaction accepts its callback (default 3s,
+// Discord's).
+func (s *Server) SetReplyWindow(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replyWindow = d
+}
 
 // AddInteraction makes an interaction known, created now (as the fake does when it
 // dispatches an INTERACTION_CREATE).
@@ -182,7 +190,7 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, body []byte) (in
 			status, out = http.StatusNotFound, errBody(10062, "Unknown interaction")
 		case in.answered:
 			status, out = http.StatusBadRequest, errBody(40060, "Interaction has already been acknowledged.")
-		case time.Since(in.at) > s.ReplyWindow:
+		case time.Since(in.at) > s.replyWindow:
 			status, out = http.StatusNotFound, errBody(10062, "Unknown interaction")
 		default:
 			in.answered = true
