@@ -148,7 +148,7 @@ func (c *Client) RespondInteraction(ctx context.Context, id discord.InteractionI
 		Data: &api.InteractionResponseData{Content: option.NewNullableString(content)},
 	})
 	if err != nil {
-		return fmt.Errorf("interaction callback %s: %w", id, err)
+		return fmt.Errorf("interaction callback %s: %w", id, redactErr(err))
 	}
 	return nil
 }
@@ -200,7 +200,7 @@ func (c *Client) CreateMessage(ctx context.Context, channel discord.ChannelID, m
 	var out *discord.Message
 	if err := a.RequestJSON(&out, http.MethodPost, api.EndpointChannels+channel.String()+"/messages",
 		httputil.WithJSONBody(body)); err != nil {
-		return nil, fmt.Errorf("create message in %s: %w", channel, err)
+		return nil, fmt.Errorf("create message in %s: %w", channel, redactErr(err))
 	}
 	return out, nil
 }
@@ -219,7 +219,7 @@ func (c *Client) RegisterCommands(ctx context.Context, app discord.AppID, cmds [
 	defer cancel()
 	out, err := a.BulkOverwriteCommands(app, cmds)
 	if err != nil {
-		return nil, fmt.Errorf("register %d commands: %w", len(cmds), err)
+		return nil, fmt.Errorf("register %d commands: %w", len(cmds), redactErr(err))
 	}
 	return out, nil
 }
@@ -231,7 +231,29 @@ func (c *Client) ApplicationID(ctx context.Context) (discord.AppID, error) {
 	defer cancel()
 	app, err := a.CurrentApplication()
 	if err != nil {
-		return 0, fmt.Errorf("fetch application id: %w", err)
+		return 0, fmt.Errorf("fetch application id: %w", redactErr(err))
 	}
 	return app.ID, nil
+}
+
+// redactErr hides interaction and webhook tokens in the URL that net/http puts in
+// its errors ("Post \"…/interactions/1/<token>/callback\": timeout"): a token lets
+// anyone post as the bot in that conversation for 15 minutes, so it stays out of
+// logs like the bot token.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = redactURL(ue.URL)
+	}
+	return err
+}
+
+func redactURL(raw string) string {
+	segs := strings.Split(raw, "/")
+	for i := 2; i < len(segs); i++ {
+		if (segs[i-2] == "interactions" || segs[i-2] == "webhooks") && segs[i] != "" {
+			segs[i] = "[REDACTED]"
+		}
+	}
+	return strings.Join(segs, "/")
 }

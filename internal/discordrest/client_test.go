@@ -256,3 +256,13 @@ func value(t *testing.T, reg *prometheus.Registry, name string, labels map[strin
 	t.Fatalf("no %s%v", name, labels)
 	return 0
 }
+
+func TestTransportErrorsHideInteractionTokens(t *testing.T) {
+	s := newServer(t)
+	c, _ := newClient(t, s)
+	s.Close() // connection refused
+	err := c.RespondInteraction(context.Background(), 5, "very-secret-interaction-token", "x")
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "very-secret-interaction-token")
+	require.Contains(t, err.Error(), "/interactions/5/[REDACTED]/callback")
+}

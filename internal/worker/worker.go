@@ -389,6 +389,10 @@ func (w *Worker) read(iter jetstream.MessagesContext, work chan<- jetstream.Msg)
 				return
 			}
 			w.log.Warn("pull", slog.Any("error", err))
+			select { // never spin on a repeating error
+			case <-w.draining:
+			case <-time.After(100 * time.Millisecond):
+			}
 			continue
 		}
 		select {
