@@ -43,7 +43,11 @@ var DefaultMix = map[string]int{
 
 // TrafficConfig configures the traffic generator.
 type TrafficConfig struct {
-	// Rate in events per second across all shards; 0 sends as fast as possible.
+	// Rate in events per second across all shards, held whatever the clients do
+	// (as Discord does: a client that cannot keep up is dropped as a slow
+	// consumer). 0 sends as fast as the slowest client reads: the generator waits
+	// while any connection has more than backpressureFrames frames queued, so a
+	// throughput benchmark measures the pipeline, not the fake's patience.
 	Rate float64 `json:"rate"`
 	// Mix: event kind → weight. Default DefaultMix.
 	Mix map[string]int `json:"mix"`
@@ -72,6 +76,29 @@ func ParseMix(s string) (map[string]int, error) {
 		mix[name] = n
 	}
 	return mix, nil
+}
+
+// backpressureFrames bounds the queue of any connection while traffic runs at
+// Rate 0.
+const backpressureFrames = 8192
+
+// maxQueued returns the longest write queue of a connection that is not stalled.
+func (s *Server) maxQueued() int {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	longest := 0
+	for _, c := range conns {
+		c.mu.Lock()
+		if !c.stalled && !c.closing {
+			longest = max(longest, len(c.queue))
+		}
+		c.mu.Unlock()
+	}
+	return longest
 }
 
 // TrafficStats reports the generator's progress.
@@ -246,18 +273,19 @@ func genericTemplate(typ string) template {
 }
 
 type generator struct {
-	s        *Server
-	kinds    []template
-	cum      []int // cumulative weights
-	total    int
-	size     int
-	filler   []byte
-	rng      *rand.Rand
-	guilds   []Guild
-	appID    string
-	scratch  []*session
-	tsCache  []byte
-	tsCached int64
+	s            *Server
+	backpressure int // Rate 0: wait while a connection has more frames queued
+	kinds        []template
+	cum          []int // cumulative weights
+	total        int
+	size         int
+	filler       []byte
+	rng          *rand.Rand
+	guilds       []Guild
+	appID        string
+	scratch      []*session
+	tsCache      []byte
+	tsCached     int64
 }
 
 func (s *Server) newGenerator(tc TrafficConfig) (*generator, error) {
@@ -278,7 +306,8 @@ func (s *Server) newGenerator(tc TrafficConfig) (*generator, error) {
 		return nil, errors.New("fakediscord traffic: mix has no positive weight")
 	}
 	sort.Strings(names)
-	g := &generator{s: s, size: tc.PayloadSize, guilds: s.guilds, appID: strconv.FormatUint(s.cfg.ApplicationID, 10)}
+	g := &generator{s: s, size: tc.PayloadSize, guilds: s.guilds, appID: strconv.FormatUint(s.cfg.ApplicationID, 10),
+		backpressure: min(s.cfg.MaxQueuedFrames/4, backpressureFrames)}
 	if g.size == 0 {
 		g.size = 1024
 	}
@@ -320,6 +349,14 @@ func (g *generator) run(ctx context.Context, tc TrafficConfig, t *trafficRunner)
 				continue
 			}
 			batch = min(batch, 4096)
+		}
+		if tc.Rate == 0 {
+			for g.s.maxQueued() > g.backpressure {
+				if ctx.Err() != nil {
+					return
+				}
+				time.Sleep(50 * time.Microsecond)
+			}
 		}
 		now := time.Now()
 		delivered := int64(0)

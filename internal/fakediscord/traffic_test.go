@@ -2,6 +2,7 @@ package fakediscord
 
 import (
 	"encoding/json"
+	"io"
 	"strconv"
 	"sync"
 	"testing"
@@ -119,4 +120,28 @@ func TestTrafficRateAndSize(t *testing.T) {
 		require.InDelta(t, 1024, len(f.D), 64)
 	}
 	require.Equal(t, last+st.Dispatched, s.Sessions()[0].LastSeq)
+}
+
+func TestTrafficMaxRateWaitsForSlowClients(t *testing.T) {
+	cfg := fastConfig()
+	cfg.MaxQueuedFrames = 1000 // backpressure at 250 queued frames
+	cfg.ReplayLimit = 1000
+	cfg.HeartbeatTimeout = time.Minute // the test client does not heartbeat
+	s := startServer(t, cfg)
+	c := dialGateway(t, s)
+	_, last := c.identify(s, 0, 1)
+	const n = 5000 // 40 MB: more than the kernel buffers hold
+	require.NoError(t, s.StartTraffic(TrafficConfig{Count: n, PayloadSize: 8192, Mix: map[string]int{KindMessageCreate: 1}}))
+	time.Sleep(300 * time.Millisecond) // the client reads nothing meanwhile
+	require.True(t, s.TrafficStats().Running, "the generator waits for the client")
+	require.Empty(t, s.Violations(), "and does not drop it as a slow consumer")
+	for range n { // read without decoding: only the count matters here
+		_, r, err := c.ws.NextReader()
+		require.NoError(t, err)
+		_, err = io.Copy(io.Discard, r)
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.WaitTraffic(t.Context()))
+	require.Empty(t, s.Violations())
+	require.Equal(t, last+n, s.Sessions()[0].LastSeq)
 }
