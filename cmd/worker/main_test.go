@@ -478,3 +478,25 @@ func TestSIGKILLWhileRateLimitedAgainstFakeDiscord(t *testing.T) {
 	require.Equal(t, 1, ok, "one successful create message in the REST record")
 	require.Empty(t, fake.Violations())
 }
+
+func TestProcessExitCodes(t *testing.T) {
+	bin := workerBinary(t)
+	cmd := exec.Command(bin, "run", "guilds")
+	cmd.Env = env{"DISCORD_TOKEN": token}.list()
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit)
+	require.Equal(t, 2, exit.ExitCode(), "a configuration error exits 2")
+	require.Contains(t, string(out), "DATABASE_URL")
+	require.NotContains(t, string(out), token)
+
+	out, err = exec.Command(bin, "version").CombinedOutput()
+	require.NoError(t, err)
+	require.NotEmpty(t, strings.TrimSpace(string(out)))
+
+	cmd = exec.Command(bin, "healthcheck", "guilds")
+	cmd.Env = env{"WORKER_GUILDS_HEALTH_ADDR": fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))}.list()
+	err = cmd.Run()
+	require.ErrorAs(t, err, &exit)
+	require.Equal(t, 1, exit.ExitCode(), "nothing listening: unhealthy")
+}
