@@ -96,6 +96,9 @@
 // Undelivered, never ledgered. StartTraffic generates a configurable rate, mix
 // (MESSAGE_CREATE, DM_MESSAGE_CREATE, INTERACTION_CREATE, GUILD_*, PRESENCE_UPDATE,
 // TYPING_START, and UnknownEventType which no library knows) and payload size.
+// A positive rate is held whatever the clients do (one that cannot keep up is
+// dropped as a slow consumer, as Discord would); rate 0 goes as fast as the
+// slowest connected client reads (backpressure), for throughput benchmarks.
 //
 // # Referee
 //

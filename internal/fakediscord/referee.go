@@ -55,7 +55,7 @@ type Event struct {
 	Seq        int64     `json:"seq"`
 	Type       string    `json:"type"`
 	GuildID    uint64    `json:"guild_id,string,omitempty"`
-	At         time.Time `json:"at"`
+	At         time.Time `json:"at"` // when the fake dispatched it (queued it for writing)
 }
 
 // SessionInterval is one connection's hold on a session: from READY or RESUMED
