@@ -48,7 +48,7 @@ func (w *Worker) deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata, m *M
 	if err := msg.TermWithReason("dead-lettered to " + bus.DeadLetterSubject(w.cfg.Name)); err != nil {
 		log.Warn("term after dead-letter", slog.Any("error", err))
 	}
-	w.metrics.deadLettered.WithLabelValues(w.cfg.Name).Inc()
+	w.metrics.deadLettered.Inc()
 	log.Error("event dead-lettered", slog.Any("error", cause), slog.String("dead_letter_subject", bus.DeadLetterSubject(w.cfg.Name)))
 }
 

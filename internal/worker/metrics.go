@@ -6,6 +6,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// workerMetrics are one worker's series, resolved once (no label lookup per message).
+type workerMetrics struct {
+	processed, failed, retried, deadLettered, deliveries prometheus.Counter
+	duration                                             prometheus.Observer
+	pending, ackPending, redelivered                     prometheus.Gauge
+}
+
+func (m *metrics) forWorker(name string) workerMetrics {
+	return workerMetrics{
+		processed: m.processed.WithLabelValues(name), failed: m.failed.WithLabelValues(name),
+		retried: m.retried.WithLabelValues(name), deadLettered: m.deadLettered.WithLabelValues(name),
+		deliveries: m.deliveries.WithLabelValues(name), duration: m.duration.WithLabelValues(name),
+		pending: m.pending.WithLabelValues(name), ackPending: m.ackPending.WithLabelValues(name),
+		redelivered: m.redelivered.WithLabelValues(name),
+	}
+}
+
 // metrics are labelled by worker; several workers may share one registry.
 type metrics struct {
 	processed, failed, retried, deadLettered, deliveries *prometheus.CounterVec

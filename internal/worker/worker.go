@@ -141,7 +141,7 @@ func (c Config) withDefaults() (Config, error) {
 type Worker struct {
 	cfg     Config
 	log     *slog.Logger
-	metrics *metrics
+	metrics workerMetrics
 
 	startOnce, stopOnce sync.Once
 	started             bool
@@ -171,16 +171,14 @@ func New(cfg Config) (*Worker, error) {
 	w := &Worker{
 		cfg:      cfg,
 		log:      cfg.Logger.With(slog.String("worker", cfg.Name)),
-		metrics:  m,
+		metrics:  m.forWorker(cfg.Name),
 		draining: make(chan struct{}),
 		stopped:  make(chan struct{}),
 		bound:    make(chan struct{}),
 	}
 	w.hardCtx, w.hardCancel = context.WithCancel(context.Background())
-	// Export zero series at once, so dashboards and alerts see the worker.
-	for _, c := range []*prometheus.CounterVec{m.processed, m.failed, m.retried, m.deadLettered, m.deliveries} {
-		c.WithLabelValues(cfg.Name)
-	}
+	// forWorker created the series: they are exported at zero from the start, so
+	// dashboards and alerts see the worker before its first event.
 	return w, nil
 }
 
@@ -286,9 +284,9 @@ func (w *Worker) info(ctx context.Context, c jetstream.Consumer) (*jetstream.Con
 }
 
 func (w *Worker) observeInfo(info *jetstream.ConsumerInfo) {
-	w.metrics.pending.WithLabelValues(w.cfg.Name).Set(float64(info.NumPending))
-	w.metrics.ackPending.WithLabelValues(w.cfg.Name).Set(float64(info.NumAckPending))
-	w.metrics.redelivered.WithLabelValues(w.cfg.Name).Set(float64(info.NumRedelivered))
+	w.metrics.pending.Set(float64(info.NumPending))
+	w.metrics.ackPending.Set(float64(info.NumAckPending))
+	w.metrics.redelivered.Set(float64(info.NumRedelivered))
 }
 
 // ConsumerConfig is the durable consumer a worker binds.
@@ -431,7 +429,7 @@ func (w *Worker) pollInfo() {
 
 func (w *Worker) handle(msg jetstream.Msg) {
 	name := w.cfg.Name
-	w.metrics.deliveries.WithLabelValues(name).Inc()
+	w.metrics.deliveries.Inc()
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.Error("message without JetStream metadata; terminating it", slog.Any("error", err), slog.String("subject", msg.Subject()))
@@ -475,15 +473,15 @@ func (w *Worker) handle(msg jetstream.Msg) {
 
 	start := time.Now()
 	err = w.runHandler(msg, m)
-	w.metrics.duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+	w.metrics.duration.Observe(time.Since(start).Seconds())
 	if err == nil {
 		if aerr := msg.Ack(); aerr != nil {
 			logger().Warn("ack", slog.Any("error", aerr)) // redelivered; idempotency skips it
 		}
-		w.metrics.processed.WithLabelValues(name).Inc()
+		w.metrics.processed.Inc()
 		return
 	}
-	w.metrics.failed.WithLabelValues(name).Inc()
+	w.metrics.failed.Inc()
 	if w.hardCtx.Err() != nil {
 		// Cancelled by the drain timeout: not the event's fault.
 		_ = msg.Nak()
@@ -498,7 +496,7 @@ func (w *Worker) handle(msg jetstream.Msg) {
 	if nerr := msg.NakWithDelay(delay); nerr != nil {
 		logger().Warn("nak", slog.Any("error", nerr)) // redelivered after AckWait instead
 	}
-	w.metrics.retried.WithLabelValues(name).Inc()
+	w.metrics.retried.Inc()
 	logger().Warn("handler failed; will retry", slog.Any("error", err), slog.Duration("retry_in", delay))
 }
 

@@ -214,13 +214,14 @@ func (h *Handler) message(ctx context.Context, m *worker.Message) error {
 	return err
 }
 
-// classify marks client errors other than 429 as permanent: Discord will refuse
-// the same request again (missing access, unknown channel, invalid body).
+// classify marks client errors as permanent when Discord will refuse the same
+// request again for this event (missing access, unknown channel, invalid body). A
+// 401 is about the token, not the event, and a 429 about timing: both are retried.
 func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	if s := discordrest.StatusOf(err); s >= 400 && s < 500 && s != http.StatusTooManyRequests {
+	if s := discordrest.StatusOf(err); s >= 400 && s < 500 && s != http.StatusTooManyRequests && s != http.StatusUnauthorized {
 		return worker.Permanent(err)
 	}
 	return err
