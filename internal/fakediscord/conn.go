@@ -38,7 +38,6 @@ type conn struct {
 	nc         net.Conn
 	resumePath bool
 	stream     bool // ?compress=zlib-stream: transport compression
-	opened     time.Time
 
 	kill    chan struct{} // closed when the handler ends: the writer stops
 	wake    chan struct{} // cap 1

@@ -77,12 +77,11 @@ func closeInvalidates(code int) bool {
 }
 
 var (
-	frameAck        = []byte(`{"op":11,"d":null,"s":null,"t":null}`)
-	frameReconnect  = []byte(`{"op":7,"d":null,"s":null,"t":null}`)
-	frameInvalidT   = []byte(`{"op":9,"d":true,"s":null,"t":null}`)
-	frameInvalidF   = []byte(`{"op":9,"d":false,"s":null,"t":null}`)
-	frameHBRequest  = []byte(`{"op":1,"d":null,"s":null,"t":null}`)
-	errHandlerClose = errors.New("closed by server")
+	frameAck       = []byte(`{"op":11,"d":null,"s":null,"t":null}`)
+	frameReconnect = []byte(`{"op":7,"d":null,"s":null,"t":null}`)
+	frameInvalidT  = []byte(`{"op":9,"d":true,"s":null,"t":null}`)
+	frameInvalidF  = []byte(`{"op":9,"d":false,"s":null,"t":null}`)
+	frameHBRequest = []byte(`{"op":1,"d":null,"s":null,"t":null}`)
 )
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, resume bool) {
@@ -103,7 +102,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, resume bool) {
 		nc:         ws.NetConn(),
 		resumePath: resume,
 		stream:     r.URL.Query().Get("compress") == "zlib-stream",
-		opened:     time.Now(),
 		kill:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
 		writerD:    make(chan struct{}),
