@@ -137,21 +137,28 @@ func (b *bench) scale(ctx context.Context) error {
 	if err := r.waitReady(ctx, 5*time.Minute); err != nil {
 		return err
 	}
-	readyAt := time.Now()
 	// Cold start: from launching the replicas to every shard READY, against the
 	// least the identify limit allows.
 	sessions, err := r.sessions(ctx)
 	if err != nil {
 		return err
 	}
-	var lastStart time.Time
+	// Each shard's first session (its IDENTIFY → READY); later ones are the
+	// rebalancing RESUMEs as replicas join, which the identify limit does not govern.
+	first := map[int]time.Time{}
 	for _, s := range sessions {
-		if s.Start.After(lastStart) {
-			lastStart = s.Start
+		if t, ok := first[s.Shard]; !ok || s.Start.Before(t) {
+			first[s.Shard] = s.Start
 		}
 	}
-	if lastStart.IsZero() || lastStart.After(readyAt) {
-		lastStart = readyAt
+	var lastStart time.Time
+	for _, t := range first {
+		if t.After(lastStart) {
+			lastStart = t
+		}
+	}
+	if len(first) != shards {
+		return fmt.Errorf("cold start: %d of %d shards have a session", len(first), shards)
 	}
 	minimum := time.Duration(shards/maxConcurrency) * window
 	cold := lastStart.Sub(r.start)
