@@ -24,6 +24,10 @@ const (
 	// claimRetries bounds the quick retries after losing the claim lock; the next
 	// heartbeat tries again anyway.
 	claimRetries = 8
+	// staleClaimMargin is how long after a peer's lease expires (by the database
+	// clock, read at our heartbeat) the claim looks at it: the statement's own
+	// latency and scheduling jitter.
+	staleClaimMargin = 25 * time.Millisecond
 	// logEvery rate-limits repeated failure logs inside retry loops.
 	logEvery = 10 * time.Second
 )
@@ -548,6 +552,12 @@ func (m *Manager) heartbeat(ctx context.Context, draining bool) error {
 	m.target = res.target(m.cfg.ShardCount)
 	if !draining && m.heldLocked() < m.target && res.free+res.stale > 0 {
 		m.scheduleClaim(time.Now())
+	}
+	// A peer whose leases expire before our next heartbeat has probably died (a
+	// live one renews them first): look again just after they expire. A claim
+	// that finds them renewed after all takes nothing.
+	if !draining && res.nextStale > 0 && res.nextStale < m.cfg.HeartbeatInterval {
+		m.scheduleClaim(start.Add(res.nextStale + staleClaimMargin))
 	}
 	m.setHeldGaugeLocked()
 	return nil

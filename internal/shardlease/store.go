@@ -98,7 +98,14 @@ SELECT EXISTS (SELECT FROM rep),
        (SELECT count(*) FROM discord_bot_shards
          WHERE owner_id IS NOT NULL
            AND (heartbeat_at IS NULL
-                OR now() - heartbeat_at > greatest(lease_ttl, make_interval(secs => $3::float8))))`
+                OR now() - heartbeat_at > greatest(lease_ttl, make_interval(secs => $3::float8)))),
+       -- Seconds until the first lease of another replica goes stale if it is not
+       -- renewed: a claim scheduled for that moment takes over a dead peer's shards
+       -- at the stale threshold instead of up to one interval later.
+       (SELECT coalesce(extract(epoch FROM min(heartbeat_at
+                   + greatest(lease_ttl, make_interval(secs => $3::float8)) - now())), -1)::float8
+          FROM discord_bot_shards
+         WHERE owner_id IS NOT NULL AND owner_id <> $1 AND heartbeat_at IS NOT NULL)`
 
 // claimSQL runs inside the claim transaction, after the advisory lock, so its
 // snapshot (READ COMMITTED: taken at this statement) sees every earlier claim. It
@@ -187,6 +194,9 @@ type heartbeatResult struct {
 	rank      int     // live replicas with a smaller id
 	free      int     // shards without owner
 	stale     int     // owned shards whose lease is stale
+	// nextStale is how long until the first lease of another replica goes stale
+	// unless renewed (zero: none, or already stale).
+	nextStale time.Duration
 }
 
 // target is this replica's share: the shards divided by the live replicas, the
@@ -312,14 +322,18 @@ func (m *Manager) sendHeartbeat(ctx context.Context, draining bool, leases []ren
 	m.met.heartbeatStatements.Inc()
 	var res heartbeatResult
 	var live, rank, free, stale int64
+	var nextStale float64
 	err := m.pool.QueryRow(ctx, heartbeatSQL,
 		m.cfg.ReplicaID, m.instanceID, seconds(m.ttl), draining,
 		ids, epochs, states, sessions, urls, seqs, guilds, lastEvents,
-	).Scan(&res.replicaOK, &res.renewed, &live, &rank, &free, &stale)
+	).Scan(&res.replicaOK, &res.renewed, &live, &rank, &free, &stale, &nextStale)
 	if err != nil {
 		return heartbeatResult{}, fmt.Errorf("heartbeat: %w", err)
 	}
 	res.live, res.rank, res.free, res.stale = int(live), int(rank), int(free), int(stale)
+	if nextStale >= 0 {
+		res.nextStale = time.Duration(nextStale * float64(time.Second))
+	}
 	return res, nil
 }
 
