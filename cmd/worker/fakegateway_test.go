@@ -97,12 +97,13 @@ func TestRunAgainstFakeDiscordGateway(t *testing.T) {
 	t.Cleanup(fake.Stop)
 	b.env["DISCORD_API_URL"] = fake.APIURL()
 	b.env["DISCORD_TOKEN"] = fake.Token()
-	b.env["DISCORD_APPLICATION_ID"] = strconv.FormatUint(fake.Config().ApplicationID, 10)
-	b.env["COMMANDS_REPLY_WINDOW"] = "3s" // the fake enforces Discord's 3 s
+	delete(b.env, "DISCORD_APPLICATION_ID") // fetched from GET /oauth2/applications/@me
+	b.env["COMMANDS_REPLY_WINDOW"] = "3s"   // the fake enforces Discord's 3 s
 
 	p := startProcess(t, b.env, "commands", "guilds")
 	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
 	waitReady(t, b.env["WORKER_GUILDS_HEALTH_ADDR"])
+	require.Contains(t, string(fake.Commands()), `"name":"ping"`, "registered under the fetched application id")
 	forward(t, fake, b.js)
 
 	require.Eventually(t, func() bool {

@@ -94,7 +94,12 @@ func New(cfg Config) (*Client, error) {
 		t.global = rate.NewLimiter(rate.Limit(cfg.GlobalRate), cfg.GlobalRate)
 	}
 	hc := httputil.NewClient()
-	hc.Client = httpdriver.WrapClient(http.Client{Transport: t})
+	hc.Client = httpdriver.WrapClient(http.Client{
+		Transport: t,
+		// Discord's API does not redirect; following one would leave the rewritten
+		// host (and carry the token elsewhere).
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	})
 	// One attempt at arikawa's level: 429s are retried by the transport; 5xx and
 	// network errors go back to the worker runtime, which retries with backoff
 	// (and knows whether the call is idempotent).

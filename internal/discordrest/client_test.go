@@ -266,3 +266,15 @@ func TestTransportErrorsHideInteractionTokens(t *testing.T) {
 	require.NotContains(t, err.Error(), "very-secret-interaction-token")
 	require.Contains(t, err.Error(), "/interactions/5/[REDACTED]/callback")
 }
+
+func TestApplicationID(t *testing.T) {
+	s := newServer(t)
+	c, _ := newClient(t, s)
+	s.queue("/api/v10/oauth2/applications/@me", func(w http.ResponseWriter) {
+		_, _ = w.Write([]byte(`{"id":"1100000000000000001","name":"bot"}`))
+	})
+	id, err := c.ApplicationID(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, discord.AppID(1100000000000000001), id)
+	require.Equal(t, "/api/v10/oauth2/applications/@me", s.requests()[0].path, "arikawa's doubled slash is cleaned")
+}

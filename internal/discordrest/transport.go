@@ -60,6 +60,12 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return nil, fmt.Errorf("discordrest: request outside the Discord API: %s %s", req.Method, req.URL.Redacted())
 	}
+	// arikawa builds some URLs with a doubled slash (CurrentApplication:
+	// Endpoint+"/oauth2/..."): Discord tolerates it, Go's ServeMux (the fake)
+	// answers a redirect. Send the clean path.
+	for strings.Contains(rest, "//") {
+		rest = strings.ReplaceAll(rest, "//", "/")
+	}
 	target, err := url.Parse(t.api.String() + rest)
 	if err != nil {
 		return nil, fmt.Errorf("discordrest: rewrite url: %w", err)
