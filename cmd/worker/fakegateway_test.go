@@ -101,8 +101,8 @@ func TestRunAgainstFakeDiscordGateway(t *testing.T) {
 	b.env["COMMANDS_REPLY_WINDOW"] = "3s"   // the fake enforces Discord's 3 s
 
 	p := startProcess(t, b.env, "commands", "guilds")
-	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
-	waitReady(t, b.env["WORKER_GUILDS_HEALTH_ADDR"])
+	readyAddr(t, p.logs, "commands")
+	readyAddr(t, p.logs, "guilds")
 	require.Contains(t, string(fake.Commands()), `"name":"ping"`, "registered under the fetched application id")
 	forward(t, fake, b.js)
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -88,19 +89,20 @@ func setup(t *testing.T) bundle {
 	rest := resttest.New(t, token)
 	rest.SetReplyWindow(10 * time.Second)
 	e := env{
-		"NATS_URL":                     natsURL,
-		"DATABASE_URL":                 db.URL,
-		"DISCORD_TOKEN":                token,
-		"DISCORD_API_URL":              rest.APIURL(),
-		"DISCORD_APPLICATION_ID":       "1100000000000000001",
-		"LOG_FORMAT":                   "json",
-		"LOG_LEVEL":                    "debug",
-		"WORKER_ACK_WAIT":              "1s",
-		"WORKER_BACKOFF":               "50ms,100ms",
-		"WORKER_MAX_DELIVER":           "3",
-		"WORKER_DRAIN_TIMEOUT":         "5s",
-		"WORKER_COMMANDS_HEALTH_ADDR":  fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t)),
-		"WORKER_GUILDS_HEALTH_ADDR":    fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t)),
+		"NATS_URL":               natsURL,
+		"DATABASE_URL":           db.URL,
+		"DISCORD_TOKEN":          token,
+		"DISCORD_API_URL":        rest.APIURL(),
+		"DISCORD_APPLICATION_ID": "1100000000000000001",
+		"LOG_FORMAT":             "json",
+		"LOG_LEVEL":              "debug",
+		"WORKER_ACK_WAIT":        "1s",
+		"WORKER_BACKOFF":         "50ms,100ms",
+		"WORKER_MAX_DELIVER":     "3",
+		"WORKER_DRAIN_TIMEOUT":   "5s",
+		// Port 0: the worker logs the address it got (no port race with other tests).
+		"WORKER_COMMANDS_HEALTH_ADDR":  "127.0.0.1:0",
+		"WORKER_GUILDS_HEALTH_ADDR":    "127.0.0.1:0",
 		"WORKER_IDEMPOTENCY_RETENTION": "168h",
 		"COMMANDS_REPLY_WINDOW":        "10s",
 	}
@@ -120,6 +122,29 @@ func publish(t *testing.T, js jetstream.JetStream, eventType, data string) {
 	m.Header.Set(bus.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
 	_, err := js.PublishMsg(context.Background(), m)
 	require.NoError(t, err)
+}
+
+// readyAddr finds the health address worker name logged at start in logs and
+// waits until it reports ready.
+func readyAddr(t *testing.T, logs fmt.Stringer, name string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var l struct {
+				Msg, Worker string
+				HealthAddr  string `json:"health_addr"`
+			}
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "worker started" && l.Worker == name {
+				waitReady(t, l.HealthAddr)
+				return l.HealthAddr
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %s never logged its start:\n%s", name, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func waitReady(t *testing.T, addr string) {
@@ -224,12 +249,13 @@ func TestRunCommandsAndGuilds(t *testing.T) {
 			t.Logf("worker log:\n%s", logs.String())
 		}
 	})
-	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
-	waitReady(t, b.env["WORKER_GUILDS_HEALTH_ADDR"])
+	commandsAddr := readyAddr(t, logs, "commands")
+	guildsAddr := readyAddr(t, logs, "guilds")
 	require.Contains(t, string(b.rest.Commands()), `"name":"ping"`, "slash commands registered at start")
 
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), []string{"healthcheck", "guilds"}, b.env.get, &out, io.Discard))
+	probeEnv := env{"WORKER_GUILDS_HEALTH_ADDR": guildsAddr}
+	require.NoError(t, run(context.Background(), []string{"healthcheck", "guilds"}, probeEnv.get, &out, io.Discard))
 
 	b.rest.AddInteraction("5000", "itok")
 	publish(t, b.js, "INTERACTION_CREATE", `{"id":"5000","type":2,"token":"itok","data":{"name":"ping"}}`)
@@ -276,7 +302,7 @@ func TestRunCommandsAndGuilds(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, dls)
 
-	metrics := get(t, "http://"+b.env["WORKER_COMMANDS_HEALTH_ADDR"]+"/metrics")
+	metrics := get(t, "http://"+commandsAddr+"/metrics")
 	for _, name := range []string{
 		`shardwarden_worker_processed_total{worker="commands"} 2`,
 		`shardwarden_worker_deliveries_total{worker="commands"}`,
@@ -288,7 +314,7 @@ func TestRunCommandsAndGuilds(t *testing.T) {
 	} {
 		require.Contains(t, metrics, name)
 	}
-	gm := get(t, "http://"+b.env["WORKER_GUILDS_HEALTH_ADDR"]+"/metrics")
+	gm := get(t, "http://"+guildsAddr+"/metrics")
 	require.Contains(t, gm, `shardwarden_worker_dead_lettered_total{worker="guilds"} 2`)
 	require.NotContains(t, gm, `worker="commands"`, "each port serves its own worker")
 
@@ -372,7 +398,7 @@ func TestSIGKILLMidHandlerRepliesOnce(t *testing.T) {
 	defer release()
 
 	p1 := startProcess(t, b.env, "commands")
-	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
+	readyAddr(t, p1.logs, "commands")
 	publish(t, b.js, "MESSAGE_CREATE", `{"id":"7000","channel_id":"88","content":"!ping","author":{"id":"1"}}`)
 	select {
 	case <-arrived: // the handler is inside its REST call
@@ -405,7 +431,7 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	defer release()
 
 	p := startProcess(t, b.env, "commands")
-	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
+	readyAddr(t, p.logs, "commands")
 	publish(t, b.js, "MESSAGE_CREATE", `{"id":"8000","channel_id":"99","content":"!ping","author":{"id":"1"}}`)
 	<-arrived
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
@@ -450,7 +476,7 @@ func TestSIGKILLWhileRateLimitedAgainstFakeDiscord(t *testing.T) {
 	b.env["WORKER_ACK_WAIT"] = "3s" // handler deadline 2.4s: long enough to wait out the 429
 
 	p1 := startProcess(t, b.env, "commands")
-	waitReady(t, b.env["WORKER_COMMANDS_HEALTH_ADDR"])
+	readyAddr(t, p1.logs, "commands")
 	fake.ForceRateLimit(fakediscord.ForcedRateLimit{Route: fakediscord.RouteChannelMessages, RetryAfter: 2 * time.Second, Count: 1})
 	publish(t, b.js, "MESSAGE_CREATE", `{"id":"7100","channel_id":"201","content":"!ping","author":{"id":"1"}}`)
 	require.Eventually(t, func() bool {
