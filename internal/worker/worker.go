@@ -144,7 +144,7 @@ type Worker struct {
 	metrics workerMetrics
 
 	startOnce, stopOnce sync.Once
-	started             bool
+	started, closed     bool          // under mu
 	draining            chan struct{} // closed when Stop (or the Start ctx) asks to drain
 	hardCtx             context.Context
 	hardCancel          context.CancelFunc
@@ -193,8 +193,13 @@ func (w *Worker) Bound() <-chan struct{} { return w.bound }
 func (w *Worker) Start(ctx context.Context) error {
 	err := errors.New("worker already started")
 	w.startOnce.Do(func() {
-		err = nil
 		w.mu.Lock()
+		if w.closed {
+			w.mu.Unlock()
+			err = errors.New("worker stopped before it started")
+			return
+		}
+		err = nil
 		w.started = true
 		w.mu.Unlock()
 		go func() {
@@ -215,6 +220,7 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) Stop() {
 	w.mu.Lock()
 	started := w.started
+	w.closed = true
 	w.mu.Unlock()
 	if !started {
 		w.stopOnce.Do(func() { w.hardCancel() })

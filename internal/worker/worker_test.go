@@ -430,6 +430,7 @@ func TestStopWithoutStart(t *testing.T) {
 	require.NoError(t, err)
 	w.Stop()
 	w.Stop()
+	require.Error(t, w.Start(context.Background()), "a stopped worker does not start")
 }
 
 // A message whose handler never reported a failure but was delivered more than
