@@ -50,6 +50,9 @@ type transport struct {
 	globalUntil time.Time
 }
 
+// maxRetryAfter caps a 429's wait; no request has a deadline that long anyway.
+const maxRetryAfter = 24 * time.Hour
+
 // arikawaPrefix is where arikawa's endpoint variables point (computed at its init).
 var arikawaPrefix = strings.TrimSuffix(api.Endpoint, "/")
 
@@ -186,6 +189,7 @@ func parse429(resp *http.Response) *RateLimitError {
 	if secs < 0 {
 		secs = 1 // a 429 without a wait: be conservative
 	}
+	secs = min(secs, maxRetryAfter.Seconds()) // absurd values must not overflow a Duration
 	rl.RetryAfter = time.Duration(secs * float64(time.Second))
 	rl.Global = b.Global || strings.EqualFold(resp.Header.Get("X-RateLimit-Global"), "true")
 	rl.Scope = strings.ToLower(resp.Header.Get("X-RateLimit-Scope"))
