@@ -36,7 +36,12 @@ import (
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		goleak.Cleanup(func(int) {
+			if binPath != "" {
+				_ = os.RemoveAll(filepath.Dir(binPath))
+			}
+		}))
 }
 
 const token = "MTE5.secret-bot-token.xyz"
@@ -349,7 +354,7 @@ var (
 func workerBinary(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "worker-bin")
+		dir, err := os.MkdirTemp("", "shardwarden-worker-test-bin")
 		if err != nil {
 			binErr = err
 			return
