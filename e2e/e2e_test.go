@@ -90,14 +90,22 @@ func TestE2E(t *testing.T) {
 		if !cut.Proc.Running() {
 			t.Fatalf("%s crashed during the partition: %v", cut.ID, cut.Proc.ExitErr())
 		}
+		if !strings.Contains(cut.Proc.Log(), "self-fenced") {
+			t.Errorf("%s never logged its self-fence", cut.ID)
+		}
 		cut.DBProxy.Restore()
 		c.waitBalanced(45 * time.Second) // it rejoins and takes its share back
+		if !strings.Contains(cut.Proc.Log(), "rejoining") {
+			t.Errorf("%s never logged its rejoin", cut.ID)
+		}
 		s := c.finish("db_partition", since)
 		check(t, s, true)
 	})
 
 	t.Run("nats_restart", func(t *testing.T) {
-		c := startCluster(t, localcluster.Options{Replicas: 2, Shards: 8})
+		// 400 events/s over 8 shards is 50 per shard per second: a 200-event buffer
+		// lasts 4 s, less than the outage.
+		c := startCluster(t, localcluster.Options{Replicas: 2, Shards: 8, BotEnv: []string{"GATEWAY_BUFFER_SIZE=200"}})
 		c.startTraffic(400)
 		since := time.Now()
 		time.Sleep(time.Second)
@@ -112,6 +120,9 @@ func TestE2E(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		s := c.finish("nats_restart", since)
 		check(t, s, true)
+		if s.Resumes == 0 {
+			t.Error("no shard disconnected and resumed: the outage never filled a buffer")
+		}
 	})
 
 	t.Run("worker_crash", func(t *testing.T) {

@@ -202,6 +202,16 @@ func (c *Cluster) discordEnv() []string {
 	return env
 }
 
+// botDiscordEnv adds what only bots read: the identify window they pace IDENTIFYs
+// by must be the fake's (real Discord's is 5 s, the bot's default).
+func (c *Cluster) botDiscordEnv() []string {
+	env := c.discordEnv()
+	if c.Fake != nil {
+		env = append(env, "IDENTIFY_WINDOW="+c.Opts.Timings.IdentifyWindow.String())
+	}
+	return env
+}
+
 // StartWorker starts the worker process running Opts.Workers, each with its own
 // health port.
 func (c *Cluster) StartWorker() error {
@@ -257,7 +267,7 @@ func (c *Cluster) AddBot() (*Bot, error) {
 	if c.Opts.Shards <= 0 {
 		shardCount = "auto" // real Discord recommends the count
 	}
-	env := append(c.discordEnv(),
+	env := append(c.botDiscordEnv(),
 		"DATABASE_URL="+dbURL,
 		"NATS_URL="+natsURL,
 		"SHARD_COUNT="+shardCount,
