@@ -531,3 +531,45 @@ func TestProcessExitCodes(t *testing.T) {
 	require.ErrorAs(t, err, &exit)
 	require.Equal(t, 1, exit.ExitCode(), "nothing listening: unhealthy")
 }
+
+func TestDLQReplayAllAndPurge(t *testing.T) {
+	natsURL := natstest.InProcess(t)
+	js, err := jetstream.New(natstest.Connect(t, natsURL))
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, bus.EnsureStreams(ctx, js, bus.StreamConfig{}))
+	e := env{"NATS_URL": natsURL}
+	for i, w := range []string{"alpha", "alpha", "beta"} {
+		h := nats.Header{}
+		h.Set(nats.MsgIdHdr, bus.MsgID(0, "s", int64(i)))
+		h.Set(bus.HeaderEventType, "MESSAGE_CREATE")
+		dm := worker.DeadLetterMsg(w, bus.EventSubject("MESSAGE_CREATE"), []byte(`{}`), h, uint64(100+i), 5, fmt.Errorf("boom %d", i), time.Now())
+		_, err := js.PublishMsg(ctx, dm)
+		require.NoError(t, err)
+	}
+	var out bytes.Buffer
+	require.NoError(t, run(ctx, []string{"dlq", "list"}, e.get, &out, io.Discard))
+	require.Equal(t, 4, strings.Count(out.String(), "\n"), "header and three dead letters:\n%s", out.String())
+
+	out.Reset()
+	require.NoError(t, run(ctx, []string{"dlq", "replay", "--worker", "alpha", "--all"}, e.get, &out, io.Discard))
+	require.Equal(t, 2, strings.Count(out.String(), "to alpha"))
+	s, err := js.Stream(ctx, bus.EventsStream)
+	require.NoError(t, err)
+	for seq := uint64(1); seq <= 2; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		require.NoError(t, err)
+		require.Equal(t, "alpha", m.Header.Get(bus.HeaderReplayFor))
+		require.Equal(t, bus.MsgID(0, "s", int64(seq-1)), bus.EventID(m.Header), "the original event id travels with the replay")
+		require.Empty(t, m.Header.Get(bus.HeaderDeadError))
+	}
+	dls, err := worker.ListDeadLetters(ctx, js, "", 0)
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	require.Equal(t, "beta", dls[0].Worker)
+
+	require.NoError(t, run(ctx, []string{"dlq", "purge", "--all"}, e.get, io.Discard, io.Discard))
+	dls, err = worker.ListDeadLetters(ctx, js, "", 0)
+	require.NoError(t, err)
+	require.Empty(t, dls)
+}
