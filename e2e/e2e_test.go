@@ -157,7 +157,7 @@ func TestE2E(t *testing.T) {
 		})
 		s := c.finish("poison_event", since)
 		check(t, s, true)
-		cmd := exec.Command(bins.Worker, "dlq", "list", "guilds")
+		cmd := exec.Command(bins.Worker, "dlq", "list", "--worker", "guilds")
 		cmd.Env = append(os.Environ(), "NATS_URL="+c.NATSURL)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
