@@ -100,7 +100,8 @@ func TestRunHoldsShardsFillsTheStreamAndHandsOverOnStop(t *testing.T) {
 	clearRunEnv(t)
 	const token = "Mz-very-secret-bot-token.ABCDEF.do-not-log"
 	fake, err := fakediscord.New(fakediscord.Config{
-		Token: token, Shards: 2, HeartbeatInterval: 700 * time.Millisecond, IdentifyWindow: 100 * time.Millisecond,
+		Token: token, Shards: 2, HeartbeatInterval: 700 * time.Millisecond, HeartbeatTimeout: 2100 * time.Millisecond,
+		IdentifyWindow: 100 * time.Millisecond,
 	})
 	require.NoError(t, err)
 	require.NoError(t, fake.Start(context.Background()))

@@ -74,6 +74,7 @@ type socket struct {
 	watchdog   *time.Timer
 
 	established atomic.Bool // READY or RESUMED seen
+	seqLag      int         // dispatches not shown to arikawa's loop since the last one (reader only)
 	hbMu        sync.Mutex
 	hbSent      time.Time
 	hbPending   bool
@@ -396,6 +397,9 @@ func (s *socket) handle(env envelope) bool {
 	return true // other ops are client-bound only; ignore
 }
 
+// maxSeqLag bounds how many dispatches arikawa's sequence may lag behind.
+const maxSeqLag = 256
+
 // rawDispatch stands in for a dispatch's typed payload in arikawa's event loop:
 // it only needs the sequence.
 type rawDispatch struct{}
@@ -475,7 +479,26 @@ func (s *socket) dispatch(env envelope) bool {
 		return false
 	}
 	sh.onEvent(env.Type, env.Seq, ev.GuildID, ev.Data, now)
-	return s.emit(ws.Op{Code: 0, Type: ws.EventType(env.Type), Sequence: env.Seq, Data: data})
+	op := ws.Op{Code: 0, Type: ws.EventType(env.Type), Sequence: env.Seq, Data: data}
+	if data != dispatchMark {
+		return s.emit(op) // READY, RESUMED: the event loop must see them
+	}
+	// arikawa needs a dispatch only for its sequence (heartbeats, RESUME). Under
+	// load, hand it over only when its loop is free: two goroutine hand-offs per
+	// event would cost more than the rest of the pipeline. A sequence that lags
+	// is harmless: a RESUME from it replays dispatches this reader then skips
+	// (already buffered). It never runs ahead, and lags by at most maxSeqLag.
+	select {
+	case s.ops <- op:
+		s.seqLag = 0
+		return true
+	default:
+	}
+	if s.seqLag++; s.seqLag < maxSeqLag {
+		return true
+	}
+	s.seqLag = 0
+	return s.emit(op)
 }
 
 // peekOp reads the op of a frame arikawa marshalled ({"op":N,...}).

@@ -46,6 +46,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	cfg := o.fake
 	// Not shorter: arikawa paces every command (heartbeats too) to 115 per minute.
 	cfg.HeartbeatInterval = cmpOr(cfg.HeartbeatInterval, 700*time.Millisecond)
+	// Discord's 1.5 intervals leave 350ms of slack, too little for a loaded -race
+	// run where the fake's own reader is late.
+	cfg.HeartbeatTimeout = cmpOr(cfg.HeartbeatTimeout, 3*cfg.HeartbeatInterval)
 	cfg.IdentifyWindow = cmpOr(cfg.IdentifyWindow, 200*time.Millisecond)
 	fake, err := fakediscord.New(cfg)
 	require.NoError(t, err)
