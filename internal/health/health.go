@@ -1,5 +1,5 @@
-// Package health serves /health/live, /health/ready and /metrics for one component
-// (a bot replica or one worker) on its own address.
+// Package health serves /health/live, /health/ready, /metrics and /debug/pprof for
+// one component (a bot replica or one worker) on its own address.
 package health
 
 import (
@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -54,6 +55,13 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /health/ready", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	// Profiles of a live process (go tool pprof http://ADDR/debug/pprof/profile).
+	// The health port is not published outside the stack's network.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -57,6 +57,10 @@ func TestReadinessAndMetrics(t *testing.T) {
 	code, body = get("/metrics")
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, "shardwarden_test_things_total 1")
+
+	code, body = get("/debug/pprof/goroutine?debug=1")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "goroutine profile")
 }
 
 func TestProbeUnreachable(t *testing.T) {
