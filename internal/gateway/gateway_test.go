@@ -61,6 +61,7 @@ func TestResumeAfterFaults(t *testing.T) {
 		{"dropped connection", func() int { return e.fake.DropShard(0) }},
 		{"zombie (no heartbeat ACKs)", func() int { return e.fake.StopAcks(0, true) }},
 		{"op 9 resumable", func() int { return e.fake.InvalidSession(0, true) }},
+		{"stalled server (writes nothing)", func() int { return e.fake.Stall(0, 0) }},
 	} {
 		t.Run(fault.name, func(t *testing.T) {
 			conn := e.liveConn(t, 0, 0)
@@ -79,7 +80,7 @@ func TestResumeAfterFaults(t *testing.T) {
 	require.Positive(t, r.metric(t, "shardwarden_gateway_reconnects_total", "shard", "0", "reason", "zombie"))
 	st := e.fake.Stats(0)
 	require.Equal(t, 1, st.Identifies)
-	require.GreaterOrEqual(t, st.Resumes, 4)
+	require.GreaterOrEqual(t, st.Resumes, 5)
 }
 
 func TestIdentifyAfterInvalidSession(t *testing.T) {

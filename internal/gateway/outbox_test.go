@@ -1,0 +1,69 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shardwarden/shardwarden/internal/bus"
+)
+
+func TestOutboxContiguousAcksAndRetries(t *testing.T) {
+	o := newOutbox(4, "s1", 10)
+	require.Equal(t, int64(10), o.acked("s1"), "starts at the lease's resume seq")
+	for seq := int64(11); seq <= 14; seq++ {
+		require.True(t, o.push(bus.Event{Session: "s1", Seq: seq}))
+	}
+	require.False(t, o.push(bus.Event{Session: "s1", Seq: 15}), "full: the reader must not block")
+	ok, room := o.hasRoom()
+	require.False(t, ok)
+
+	var taken []*bus.Event
+	for ev := o.take(); ev != nil; ev = o.take() {
+		taken = append(taken, ev)
+	}
+	require.Len(t, taken, 4)
+
+	// Acks out of order and a failure in the middle: only the contiguous prefix
+	// counts as stored.
+	o.done(taken[2], nil)
+	require.Equal(t, int64(10), o.acked("s1"))
+	o.done(taken[0], nil)
+	require.Equal(t, int64(11), o.acked("s1"))
+	o.done(taken[1], errors.New("ack timeout"))
+	require.True(t, o.backingOff())
+	require.False(t, o.backingOff(), "reported once")
+	o.done(taken[3], nil)
+	require.Equal(t, int64(11), o.acked("s1"), "seq 12 failed: 13 and 14 do not count yet")
+
+	retry := o.take()
+	require.NotNil(t, retry)
+	require.Equal(t, int64(12), retry.Seq, "the failed event is published again")
+	require.Nil(t, o.take())
+	o.done(retry, nil)
+	require.Equal(t, int64(14), o.acked("s1"))
+	require.Equal(t, int64(0), o.acked("other"), "another session has nothing stored")
+	select {
+	case <-room:
+	default:
+		t.Fatal("room not signalled once empty")
+	}
+	require.NoError(t, o.waitEmpty(context.Background()))
+	require.NoError(t, o.waitRoom(context.Background()))
+
+	// A stale completion (the event was already acknowledged) is ignored.
+	o.done(retry, nil)
+	require.Equal(t, int64(14), o.acked("s1"))
+
+	// A new session after an IDENTIFY.
+	require.True(t, o.push(bus.Event{Session: "s2", Seq: 1}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, o.waitEmpty(ctx), context.DeadlineExceeded)
+	ev := o.take()
+	o.done(ev, nil)
+	require.Equal(t, int64(1), o.acked("s2"))
+}
