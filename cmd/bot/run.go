@@ -181,6 +181,7 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	replicaID := strings.TrimSpace(s.ReplicaID)
+	base := logger // shardlease adds replica_id itself
 	logger = logger.With(slog.String("replica_id", replicaID))
 
 	pool, err := db.openPool(ctx, "shardwarden-bot")
@@ -215,7 +216,9 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	nc, err := nats.Connect(s.NATSURL, nats.Name("shardwarden-bot "+replicaID),
 		nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("nats disconnected", slog.Any("error", err))
+			if err != nil { // nil: our own Close
+				logger.Warn("nats disconnected", slog.Any("error", err))
+			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { logger.Info("nats reconnected") }))
 	if err != nil {
@@ -266,7 +269,7 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	lc := shardlease.Config{
 		ReplicaID: replicaID, ShardCount: shardCount, HeartbeatInterval: s.Heartbeat,
 		ShutdownTimeout: s.Shutdown, Version: buildinfo.String(), Runner: gw,
-		Logger: logger, Registerer: reg,
+		Logger: base, Registerer: reg,
 	}
 	mgr, err := shardlease.New(pool, lc)
 	if err != nil {
