@@ -46,6 +46,7 @@ type runSettings struct {
 	IdentRsv    int
 	IdentMargin time.Duration
 	BufferSize  int
+	DrainTime   time.Duration
 	Stream      bus.StreamConfig
 }
 
@@ -72,6 +73,7 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 	l.Int(&s.IdentRsv, "IDENTIFY_RESERVE", 50, "part of the daily identify budget the cluster never spends")
 	l.Duration(&s.IdentMargin, "IDENTIFY_MARGIN", 0, "added to every identify window against network jitter (default: window/40, at least 10ms)")
 	l.Int(&s.BufferSize, "GATEWAY_BUFFER_SIZE", 8192, "events per shard received and not yet stored in JetStream")
+	l.Duration(&s.DrainTime, "GATEWAY_DRAIN_TIMEOUT", 5*time.Second, "how long a handoff waits for in-flight publishes (keep it below SHUTDOWN_TIMEOUT)")
 	l.Duration(&s.Stream.MaxAge, "STREAM_MAX_AGE", 72*time.Hour, "DISCORD_EVENTS max age")
 	var maxBytes int
 	l.Int(&maxBytes, "STREAM_MAX_BYTES", 10<<30, "DISCORD_EVENTS max bytes (-1: unlimited)")
@@ -152,6 +154,8 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 			return config.Invalid("IDENTIFY_RESERVE", "must not be negative, got %d", s.IdentRsv)
 		case s.BufferSize < 2:
 			return config.Invalid("GATEWAY_BUFFER_SIZE", "must be at least 2, got %d", s.BufferSize)
+		case s.DrainTime <= 0 || s.DrainTime >= s.Shutdown:
+			return config.Invalid("GATEWAY_DRAIN_TIMEOUT", "must be positive and below SHUTDOWN_TIMEOUT (%s), got %s", s.Shutdown, s.DrainTime)
 		}
 		return nil
 	})
@@ -260,7 +264,7 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	gw, err := gateway.New(gateway.Config{
 		Token: s.Token, GatewayURL: gatewayURL, Intents: dgateway.Intents(s.Intents),
-		Publisher: pub, Identify: lim, BufferSize: s.BufferSize,
+		Publisher: pub, Identify: lim, BufferSize: s.BufferSize, DrainTimeout: s.DrainTime,
 		Registerer: reg, Logger: logger.With(slog.String("component", "gateway")),
 	})
 	if err != nil {

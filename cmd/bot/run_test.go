@@ -23,7 +23,7 @@ import (
 func clearRunEnv(t *testing.T) {
 	clearEnv(t)
 	for _, v := range []string{"DISCORD_TOKEN", "DISCORD_TOKEN_FILE", "NATS_URL", "INTENTS", "DISCORD_API_URL",
-		"DISCORD_GATEWAY_URL", "SHUTDOWN_TIMEOUT", "IDENTIFY_WINDOW", "IDENTIFY_RESERVE", "IDENTIFY_MARGIN", "GATEWAY_BUFFER_SIZE",
+		"DISCORD_GATEWAY_URL", "SHUTDOWN_TIMEOUT", "IDENTIFY_WINDOW", "IDENTIFY_RESERVE", "IDENTIFY_MARGIN", "GATEWAY_DRAIN_TIMEOUT", "GATEWAY_BUFFER_SIZE",
 		"STREAM_MAX_AGE", "STREAM_MAX_BYTES", "STREAM_DUPLICATE_WINDOW"} {
 		t.Setenv(v, "")
 	}
@@ -45,6 +45,7 @@ func TestRunConfigErrorsNameTheVariable(t *testing.T) {
 		{"bad heartbeat", map[string]string{"DISCORD_TOKEN": "t", "HEARTBEAT_INTERVAL": "1ms"}, "HEARTBEAT_INTERVAL"},
 		{"bad identify window", map[string]string{"DISCORD_TOKEN": "t", "IDENTIFY_WINDOW": "soon"}, "IDENTIFY_WINDOW"},
 		{"dedup window over max age", map[string]string{"DISCORD_TOKEN": "t", "STREAM_MAX_AGE": "1m", "STREAM_DUPLICATE_WINDOW": "1h"}, "STREAM_DUPLICATE_WINDOW"},
+		{"drain longer than shutdown", map[string]string{"DISCORD_TOKEN": "t", "GATEWAY_DRAIN_TIMEOUT": "30s", "SHUTDOWN_TIMEOUT": "20s"}, "GATEWAY_DRAIN_TIMEOUT"},
 		{"token file missing", map[string]string{"DISCORD_TOKEN_FILE": "/nonexistent/token"}, "DISCORD_TOKEN_FILE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
