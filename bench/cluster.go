@@ -185,3 +185,56 @@ func rssKiB(pid int) (int64, error) {
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
+
+// cpuTime reads a process's user+system CPU time from /proc.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) start past ')'.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	const ticks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticks, nil
+}
+
+// cpuMeter reports how the CPU was shared between processes over a phase.
+type cpuMeter struct {
+	names []string
+	pids  []int
+	start []time.Duration
+	at    time.Time
+}
+
+func newCPUMeter(procs map[string]int) *cpuMeter {
+	m := &cpuMeter{at: time.Now()}
+	for name, pid := range procs {
+		t, _ := cpuTime(pid)
+		m.names, m.pids, m.start = append(m.names, name), append(m.pids, pid), append(m.start, t)
+	}
+	return m
+}
+
+// String reports each process's CPU use in cores over the phase.
+func (m *cpuMeter) String() string {
+	wall := time.Since(m.at).Seconds()
+	parts := make([]string, 0, len(m.names))
+	for i, pid := range m.pids {
+		t, err := cpuTime(pid)
+		if err != nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f", m.names[i], (t-m.start[i]).Seconds()/wall))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ") + " cores"
+}

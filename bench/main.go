@@ -47,6 +47,8 @@ type bench struct {
 	dir      string
 	log      io.Writer
 	figures  []figure
+	// profileDir, when set, receives CPU profiles taken during the pipeline run.
+	profileDir string
 }
 
 func (b *bench) add(name string, value float64, unit string) {
@@ -63,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "smaller runs (under 5 minutes)")
 	only := fs.String("only", "", "run only this part: nats, pipeline, handoff, failover, scale")
+	keep := fs.Bool("keep", false, "keep the processes' logs (the working directory is printed)")
+	profile := fs.String("profile", "", "write CPU profiles of the bot and the fake during the full-rate pipeline to this directory")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,8 +83,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	b := &bench{quick: *quick, adminURL: adminURL, natsCLI: natsCLI, dir: dir, log: stderr}
+	if *keep {
+		fmt.Fprintln(stderr, "bench: logs kept in", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	b := &bench{quick: *quick, adminURL: adminURL, natsCLI: natsCLI, dir: dir, log: stderr, profileDir: *profile}
 	b.note("building binaries …")
 	if b.bins, err = localcluster.Build(ctx, root, filepath.Join(dir, "bin"), false); err != nil {
 		return err

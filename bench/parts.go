@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,7 +155,8 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 		Name:           "bench",
 		FilterSubjects: []string{bus.EventsSubjects},
 		JetStream:      js,
-		Concurrency:    8,
+		Concurrency:    4,
+		PullBatch:      1000,
 		MaxAckPending:  20_000,
 		Handler: worker.HandlerFunc(func(_ context.Context, m *worker.Message) error {
 			now := time.Now()
@@ -210,9 +213,14 @@ func (b *bench) pipeline(ctx context.Context) error {
 	time.Sleep(2 * time.Second)
 	base := c.handled.Load()
 
+	meter := newCPUMeter(map[string]int{"fakediscord": r.Fake.PID(), "bot": r.Bots()[0].Proc.PID(),
+		"nats-server": r.NATS.PID(), "consumer": os.Getpid()})
 	start := time.Now()
 	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 0, PayloadSize: 1024, Count: events}); err != nil {
 		return err
+	}
+	if b.profileDir != "" {
+		go b.cpuProfile(ctx, "http://"+r.Bots()[0].HealthAddr, "bot-pipeline.pprof", 2*time.Second)
 	}
 	deadline := time.Now().Add(5 * time.Minute)
 	for c.handled.Load()-base < events {
@@ -222,7 +230,7 @@ func (b *bench) pipeline(ctx context.Context) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	elapsed := time.Unix(0, c.last.Load()).Sub(start)
-	b.note("pipeline: %d events of 1 KiB through 16 shards in %s", events, elapsed.Round(time.Millisecond))
+	b.note("pipeline: %d events of 1 KiB through 16 shards in %s; CPU: %s", events, elapsed.Round(time.Millisecond), meter)
 	b.add("pipeline_events_per_s", float64(events)/elapsed.Seconds(), "events/s")
 
 	// Latency at a steady 1,000 events/s: the fake's dispatch time (ledger) to the
@@ -347,4 +355,34 @@ func takeovers(sessions []fakediscord.SessionInterval, since time.Time) (gaps []
 
 func sortByStart(list []fakediscord.SessionInterval) {
 	slices.SortFunc(list, func(a, b fakediscord.SessionInterval) int { return a.Start.Compare(b.Start) })
+}
+
+// cpuProfile saves a CPU profile of a process serving /debug/pprof at base.
+func (b *bench) cpuProfile(ctx context.Context, base, name string, d time.Duration) {
+	if err := os.MkdirAll(b.profileDir, 0o755); err != nil {
+		b.note("profile: %v", err)
+		return
+	}
+	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(d.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.note("profile %s: %v", name, err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(filepath.Join(b.profileDir, name))
+	if err != nil {
+		b.note("profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.note("profile %s: %v", name, err)
+		return
+	}
+	b.note("profile: wrote %s", filepath.Join(b.profileDir, name))
 }
