@@ -78,6 +78,7 @@ type socket struct {
 	hbMu        sync.Mutex
 	hbSent      time.Time
 	hbPending   bool
+	hbRequested atomic.Int32 // op 1s from the server not yet answered by a heartbeat
 }
 
 // Dial implements ws.Connection. addr (fixed by arikawa) is ignored: the shard
@@ -185,8 +186,12 @@ func (c *conn) Send(ctx context.Context, b []byte) error {
 	sh := s.sh
 	switch peekOp(b) {
 	case 1:
+		requested := false
+		for n := s.hbRequested.Load(); n > 0 && !requested; n = s.hbRequested.Load() {
+			requested = s.hbRequested.CompareAndSwap(n, n-1)
+		}
 		s.hbMu.Lock()
-		zombie := s.hbPending
+		zombie := s.hbPending && !requested
 		s.hbSent, s.hbPending = time.Now(), true
 		s.hbMu.Unlock()
 		if zombie {
@@ -351,6 +356,7 @@ func (s *socket) handle(env envelope) bool {
 	case 0:
 		return s.dispatch(env)
 	case 1: // the server asks for a heartbeat now
+		s.hbRequested.Add(1) // not a missed ACK if the last one is pending
 		hb := gateway.HeartbeatCommand(0)
 		return s.emit(ws.Op{Code: 1, Data: &hb})
 	case 7:

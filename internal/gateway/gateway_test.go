@@ -73,6 +73,17 @@ func TestResumeAfterFaults(t *testing.T) {
 			e.dispatch(t, 0, 20)
 		})
 	}
+	// A heartbeat the server asks for (op 1) is answered at once and is no reason
+	// to reconnect.
+	before := resumes()
+	zombies := r.metric(t, "shardwarden_gateway_reconnects_total", "shard", "0", "reason", "zombie")
+	for range 3 {
+		require.Equal(t, 1, e.fake.RequestHeartbeat(0))
+	}
+	time.Sleep(1500 * time.Millisecond) // two heartbeat intervals: nothing may happen
+	require.Equal(t, before, resumes(), "no reconnect")
+	require.Equal(t, zombies, r.metric(t, "shardwarden_gateway_reconnects_total", "shard", "0", "reason", "zombie"))
+
 	e.requireExactlyOnce(t)
 	e.requireNoViolations(t)
 	require.Equal(t, 1.0, r.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"), "no IDENTIFY spent on a resumable fault")
