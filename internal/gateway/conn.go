@@ -127,11 +127,12 @@ func (c *conn) Dial(ctx context.Context, _ string) (<-chan ws.Op, error) {
 		readerDone: make(chan struct{}),
 	}
 	// The zombie gap before the session is up: a server that never sends HELLO,
-	// READY or RESUMED is never declared dead by arikawa.
+	// READY or RESUMED is never declared dead by arikawa. Any frame restarts the
+	// clock.
 	s.watchdog = time.AfterFunc(sh.svc.cfg.HandshakeTimeout, func() {
 		if !s.established.Load() {
 			sh.m.reconnect("handshake_timeout")
-			sh.log.Warn("no READY or RESUMED in time: reconnecting", slog.Duration("timeout", sh.svc.cfg.HandshakeTimeout))
+			sh.log.Warn("handshake stalled (no frame, READY or RESUMED in time): reconnecting", slog.Duration("timeout", sh.svc.cfg.HandshakeTimeout))
 			s.close()
 		}
 	})
@@ -210,6 +211,7 @@ func (c *conn) Send(ctx context.Context, b []byte) error {
 		if err := s.write(ctx, b); err != nil {
 			return err
 		}
+		sh.identifySent()
 		sh.m.identifies.Inc()
 		sh.log.InfoContext(ctx, "identify sent")
 		sentCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -324,6 +326,10 @@ func (s *socket) read() {
 			// lost. Reconnect and RESUME; Discord replays it.
 			s.fail("decode_error", err)
 			return
+		}
+		if !s.established.Load() {
+			// A long RESUME replay is progress, not a zombie: RESUMED comes last.
+			s.watchdog.Reset(sh.svc.cfg.HandshakeTimeout)
 		}
 		if !s.handle(env) {
 			return

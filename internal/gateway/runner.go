@@ -445,7 +445,6 @@ func (sh *shard) nextHandshake() (url string, identify bool) {
 	defer sh.mu.Unlock()
 	deadbeat := !sh.echoBeat.IsZero() && time.Since(sh.echoBeat) >= arikawaDeadbeat
 	identify = sh.sessionID == "" || sh.seq == 0 || sh.forceIdentify || deadbeat
-	sh.forceIdentify = false
 	if deadbeat && sh.sessionID != "" {
 		sh.m.sessionLosses.Inc()
 		sh.log.Error("session lost: no heartbeat ACK for 15 min, identifying again", slog.String("session_id", sh.sessionID))
@@ -510,6 +509,13 @@ func (sh *shard) takeClaim() *IdentifyClaim {
 	c := sh.claim
 	sh.claim = nil
 	return c
+}
+
+// identifySent clears forceIdentify: arikawa's IDENTIFY went out.
+func (sh *shard) identifySent() {
+	sh.mu.Lock()
+	sh.forceIdentify = false
+	sh.mu.Unlock()
 }
 
 func (sh *shard) forceIdentifyNext() {
