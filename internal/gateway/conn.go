@@ -43,18 +43,32 @@ var (
 // for its state (sequence, session, hello, acks). Dial waits for room in the
 // outbox and for an identify claim before dialing, and picks the resume URL when
 // the next handshake is a RESUME; Close always sends 4000.
+//
+// A conn dials once: the runner builds a fresh arikawa gateway (from its own
+// session state) for every connection instead of letting arikawa reconnect. That
+// skips arikawa's dial limiter (one dial per 5 s per websocket) so a RESUME after
+// op 7 or a drop is immediate, and arikawa's hidden state (sequence, session,
+// its 15-minute "deadbeat" rule) never outlives one connection. ended is closed
+// when the connection is over (or its dial failed): the runner then stops that
+// gateway.
 type conn struct {
 	sh     *shard
 	dialer websocket.Dialer
 
-	mu  sync.Mutex
-	cur *socket
+	mu          sync.Mutex
+	cur         *socket
+	dialed      bool
+	ended       chan struct{}
+	endOnce     sync.Once
+	established atomic.Bool // READY or RESUMED was received on this connection
 }
 
 var _ ws.Connection = (*conn)(nil)
 
+var errOneShot = errors.New("connection already used: the runner reconnects with a new gateway")
+
 func newConn(sh *shard) *conn {
-	return &conn{sh: sh, dialer: websocket.Dialer{
+	return &conn{sh: sh, ended: make(chan struct{}), dialer: websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   1 << 15,
@@ -64,6 +78,7 @@ func newConn(sh *shard) *conn {
 
 // socket is one websocket connection and its reader.
 type socket struct {
+	c          *conn
 	sh         *shard
 	ws         *websocket.Conn
 	ops        chan ws.Op
@@ -83,8 +98,19 @@ type socket struct {
 
 // Dial implements ws.Connection. addr (fixed by arikawa) is ignored: the shard
 // knows whether this handshake is a RESUME (resume_gateway_url) or an IDENTIFY.
-func (c *conn) Dial(ctx context.Context, _ string) (<-chan ws.Op, error) {
-	c.closeCurrent()
+func (c *conn) Dial(ctx context.Context, _ string) (ops <-chan ws.Op, err error) {
+	c.mu.Lock()
+	again := c.dialed
+	c.dialed = true
+	c.mu.Unlock()
+	if again {
+		return nil, errOneShot
+	}
+	defer func() {
+		if err != nil {
+			c.end()
+		}
+	}()
 	sh := c.sh
 	sh.setState(stateConnecting)
 
@@ -120,6 +146,7 @@ func (c *conn) Dial(ctx context.Context, _ string) (<-chan ws.Op, error) {
 	}
 	wsc.SetReadLimit(sh.svc.cfg.MaxFrameBytes)
 	s := &socket{
+		c:          c,
 		sh:         sh,
 		ws:         wsc,
 		ops:        make(chan ws.Op, 1),
@@ -150,16 +177,7 @@ func withGatewayParams(u string) string {
 	return u + "?v=10&encoding=json"
 }
 
-func (c *conn) closeCurrent() {
-	c.mu.Lock()
-	s := c.cur
-	c.cur = nil
-	c.mu.Unlock()
-	if s != nil {
-		s.close()
-		<-s.readerDone
-	}
-}
+func (c *conn) end() { c.endOnce.Do(func() { close(c.ended) }) }
 
 // Close implements ws.Connection. It closes with 4000 whatever gracefully says:
 // a 1000 close would end the Discord session.
@@ -204,14 +222,15 @@ func (c *conn) Send(ctx context.Context, b []byte) error {
 	case 2:
 		claim := sh.takeClaim()
 		if !claim.Valid() {
-			sh.forceIdentifyNext()
+			// The dial took longer than the claim lasts: sending now could land
+			// within another replica's window. Reconnect and claim again.
+			sh.m.reconnect("identify_claim_expired")
 			s.close()
 			return errNoIdentifySlot
 		}
 		if err := s.write(ctx, b); err != nil {
 			return err
 		}
-		sh.identifySent()
 		sh.m.identifies.Inc()
 		sh.log.InfoContext(ctx, "identify sent")
 		sentCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -271,6 +290,7 @@ func (s *socket) emitClose(code int, err error) {
 
 // read is the receive loop: one goroutine per socket, never blocking on NATS.
 func (s *socket) read() {
+	defer s.c.end()
 	defer close(s.readerDone)
 	defer close(s.ops)
 	sh := s.sh
@@ -394,7 +414,6 @@ func (s *socket) handle(env envelope) bool {
 			s.fail("bad_hello", fmt.Errorf("HELLO without a heartbeat interval: %s", env.Data))
 			return false
 		}
-		sh.hello()
 		return s.emit(ws.Op{Code: 10, Data: &gateway.HelloEvent{HeartbeatInterval: discord.Milliseconds(hello.HeartbeatInterval)}})
 	case 11:
 		s.hbMu.Lock()
@@ -403,7 +422,6 @@ func (s *socket) handle(env envelope) bool {
 		}
 		s.hbPending = false
 		s.hbMu.Unlock()
-		sh.echo()
 		return s.emit(ws.Op{Code: 11, Data: &gateway.HeartbeatAckEvent{}})
 	}
 	return true // other ops are client-bound only; ignore
@@ -446,14 +464,14 @@ func (s *socket) dispatch(env envelope) bool {
 			ids[i] = g.ID.String()
 		}
 		sh.onReady(ready.SessionID, ready.ResumeGatewayURL, ids)
-		sh.echo()
 		s.established.Store(true)
+		s.c.established.Store(true)
 		s.watchdog.Stop()
 		data = &gateway.ReadyEvent{SessionID: ready.SessionID}
 	case "RESUMED":
 		sh.onResumed()
-		sh.echo()
 		s.established.Store(true)
+		s.c.established.Store(true)
 		s.watchdog.Stop()
 		data = &gateway.ResumedEvent{}
 	}

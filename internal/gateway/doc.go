@@ -38,11 +38,14 @@
 //   - A watchdog closes a connection without READY/RESUMED in HandshakeTimeout,
 //     and a heartbeat sent while the previous one is unacknowledged closes the
 //     connection (zombie) so that it RESUMEs.
-//   - Reconnect backoff is exponential, capped and fully jittered. One reader
-//     goroutine per socket, always joined on Close (goleak checks it).
-//
-// One limit remains from arikawa: its websocket dials at most once per 5 s, so a
-// reconnect right after another (op 7, a drop) waits up to 5 s.
+//   - Every connection runs on a fresh arikawa gateway built from the shard's
+//     own session state (conn dials once): a RESUME after op 7 or a drop is
+//     immediate (arikawa's websocket allows one dial per 5 s), and arikawa's
+//     hidden state (its sequence, its 15-minute "deadbeat" rule) never outlives
+//     a connection. A connection that reached READY/RESUMED reconnects at once;
+//     failed dials back off exponentially, capped and fully jittered (instead of
+//     arikawa's linear ReconnectDelay). One reader goroutine per socket, always
+//     joined on Close (goleak checks it).
 //
 // # Sequences and handoff
 //

@@ -194,16 +194,12 @@ type shard struct {
 	m     *shardMetrics
 	ob    *outbox
 
-	mu            sync.Mutex
-	sessionID     string
-	resumeURL     string
-	seq           int64 // last dispatch of the session handed to the outbox
-	forceIdentify bool
-	invalidated   bool // op 9 d=false: wait 1–5 s before the IDENTIFY
-	claim         *IdentifyClaim
-	// echoBeat mirrors arikawa's: the last ACK, READY or RESUMED, zeroed at
-	// HELLO. arikawa IDENTIFYs instead of resuming when it is over 15 min old.
-	echoBeat     time.Time
+	mu           sync.Mutex
+	sessionID    string
+	resumeURL    string
+	seq          int64 // last dispatch of the session handed to the outbox
+	invalidated  bool  // op 9 d=false: wait 1–5 s before the IDENTIFY
+	claim        *IdentifyClaim
 	state        string
 	backpressure bool
 	guilds       map[string]struct{}
@@ -239,16 +235,6 @@ func (sh *shard) run(ctx context.Context) (shardlease.ResumeState, error) {
 	id.SetShard(sh.id, sh.lease.ShardCount)
 	id.AddIntents(cfg.Intents)
 
-	opts := ws.GatewayOpts{
-		ReconnectDelay:        jitteredBackoff(cfg.ReconnectMin, cfg.ReconnectMax),
-		FatalCloseCodes:       []int{4004, 4010, 4011, 4012, 4013, 4014},
-		AlwaysCloseGracefully: false, // our Close sends 4000 either way
-	}
-	c := newConn(sh)
-	g := gateway.FromWebsocketGateway(
-		ws.NewGateway(ws.NewCustomWebsocket(c, cfg.GatewayURL), &opts),
-		gateway.State{Identifier: id, SessionID: sh.sessionID, Sequence: sh.seq},
-	)
 	if sh.sessionID != "" {
 		sh.log.InfoContext(ctx, "shard acquired: resuming", slog.String("session_id", sh.sessionID), slog.Int64("seq", sh.seq))
 	} else {
@@ -265,48 +251,46 @@ func (sh *shard) run(ctx context.Context) (shardlease.ResumeState, error) {
 	}()
 	defer func() { stopPub(); <-pubDone }()
 
-	gwCtx, stopGW := context.WithCancel(ctx)
-	defer stopGW()
-	ops := g.Connect(gwCtx)
+	backoff := jitteredBackoff(cfg.ReconnectMin, cfg.ReconnectMax)
 	draining := sh.lease.Draining()
-	handoff := false
-	var closeErr *ws.CloseEvent
-loop:
-	for {
-		select {
-		case op, ok := <-ops:
-			if !ok {
-				break loop
+	for try := 0; ; {
+		if try > 0 {
+			t := time.NewTimer(backoff(try - 1))
+			select {
+			case <-ctx.Done():
+			case <-draining:
+			case <-t.C:
 			}
-			switch data := op.Data.(type) {
-			case *ws.CloseEvent:
-				closeErr = data
-			case *ws.BackgroundErrorEvent:
-				if data.Err != nil && data.Err.Error() == "heartbeat timed out" {
-					// arikawa's own zombie check won the race against ours.
-					sh.m.reconnect("zombie")
-				}
-				sh.log.DebugContext(ctx, "gateway event loop", slog.Any("error", data.Err))
-			}
-		case <-draining:
-			// Stop reading: arikawa closes the socket through conn.Close (4000),
-			// then closes ops.
-			handoff, draining = true, nil
-			stopGW()
+			t.Stop()
 		}
-	}
-	// The op channel is closed: the socket is closed and the event loop is gone.
-	_ = g.LastError()
-
-	if ctx.Err() != nil {
-		// Lease lost: stop at once, write nothing.
-		sh.log.WarnContext(ctx, "lease lost: shard stopped")
-		return shardlease.ResumeState{}, ctx.Err()
-	}
-	if !handoff && closeErr != nil && opts.ErrorIsFatalClose(closeErr) {
-		rs := sh.resumeState()
-		sh.log.ErrorContext(ctx, "discord closed the shard with a fatal code", slog.Int("code", closeErr.Code), slog.Any("error", closeErr.Err))
-		return rs, fmt.Errorf("shard %d: %w: discord close %d: %v", sh.id, shardlease.ErrFatal, closeErr.Code, closeErr.Err)
+		if ctx.Err() != nil {
+			// Lease lost: stop at once, write nothing.
+			sh.log.WarnContext(ctx, "lease lost: shard stopped")
+			return shardlease.ResumeState{}, ctx.Err()
+		}
+		if isClosed(draining) {
+			break
+		}
+		res := sh.connectOnce(ctx, id, draining)
+		if ctx.Err() != nil {
+			sh.log.WarnContext(ctx, "lease lost: shard stopped")
+			return shardlease.ResumeState{}, ctx.Err()
+		}
+		if res.fatal != nil {
+			sh.log.ErrorContext(ctx, "discord closed the shard with a fatal code", slog.Int("code", res.fatal.Code), slog.Any("error", res.fatal.Err))
+			return sh.resumeState(), fmt.Errorf("shard %d: %w: discord close %d: %v", sh.id, shardlease.ErrFatal, res.fatal.Code, res.fatal.Err)
+		}
+		if res.drained {
+			break
+		}
+		// A connection that got as far as READY or RESUMED reconnects at once
+		// (op 7, a drop, a zombie: Discord wants an immediate RESUME); failed dials
+		// and connections that die before their session is up back off.
+		if res.established && res.lasted >= time.Second {
+			try = 0
+		} else {
+			try++
+		}
 	}
 
 	// Handoff: wait (bounded) for the buffered events to be acknowledged, then
@@ -321,6 +305,78 @@ loop:
 	sh.lease.Report(shardlease.Status{State: shardlease.StateReleasing, Resume: rs, Guilds: sh.guildCount(), LastEventAt: sh.lastEvent()})
 	sh.log.InfoContext(ctx, "shard handed off", slog.String("session_id", rs.SessionID), slog.Int64("seq", rs.Seq))
 	return rs, nil
+}
+
+type connResult struct {
+	established bool          // READY or RESUMED was received
+	lasted      time.Duration // from the dial to the end
+	drained     bool          // the lease asked for the shard back
+	fatal       *ws.CloseEvent
+}
+
+// connectOnce runs one gateway connection on a fresh arikawa gateway built from
+// the shard's session state, and returns when it ended, the lease drained or ctx
+// ended. The socket is closed (4000) and arikawa's loop is gone on return.
+func (sh *shard) connectOnce(ctx context.Context, id gateway.Identifier, draining <-chan struct{}) connResult {
+	opts := ws.GatewayOpts{
+		// arikawa never reconnects on its own: conn dials once (see conn).
+		ReconnectDelay:        func(int) time.Duration { return time.Minute },
+		FatalCloseCodes:       []int{4004, 4010, 4011, 4012, 4013, 4014},
+		AlwaysCloseGracefully: false, // our Close sends 4000 either way
+	}
+	session, seq := sh.sessionSeq()
+	c := newConn(sh)
+	g := gateway.FromWebsocketGateway(
+		ws.NewGateway(ws.NewCustomWebsocket(c, sh.svc.cfg.GatewayURL), &opts),
+		gateway.State{Identifier: id, SessionID: session, Sequence: seq},
+	)
+	start := time.Now()
+	gctx, stop := context.WithCancel(ctx)
+	defer stop()
+	ops := g.Connect(gctx)
+	var res connResult
+	ended := c.ended
+	for {
+		select {
+		case op, ok := <-ops:
+			if !ok {
+				_ = g.LastError()
+				res.established = c.established.Load()
+				res.lasted = time.Since(start)
+				return res
+			}
+			switch data := op.Data.(type) {
+			case *ws.CloseEvent:
+				if opts.ErrorIsFatalClose(data) && !res.drained {
+					res.fatal = data
+				}
+			case *ws.BackgroundErrorEvent:
+				if data.Err != nil && data.Err.Error() == "heartbeat timed out" {
+					// arikawa's own zombie check won the race against ours.
+					sh.m.reconnect("zombie")
+				}
+				sh.log.DebugContext(ctx, "gateway event loop", slog.Any("error", data.Err))
+			}
+		case <-ended:
+			// The connection is over: stop this gateway (it would redial).
+			ended = nil
+			stop()
+		case <-draining:
+			// Stop reading: arikawa closes the socket through conn.Close (4000),
+			// then closes ops.
+			res.drained, draining = true, nil
+			stop()
+		}
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // publishLoop publishes the outbox in order, retries failures with backoff, and
@@ -438,17 +494,13 @@ func (sh *shard) inBackpressure() bool {
 	return sh.backpressure
 }
 
-// nextHandshake mirrors arikawa's choice on HELLO (IDENTIFY when there is no
-// session or no sequence) and returns the URL to dial for it.
+// nextHandshake is arikawa's choice on HELLO for the state the runner built the
+// gateway from (IDENTIFY when there is no session or no sequence) and the URL to
+// dial for it.
 func (sh *shard) nextHandshake() (url string, identify bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	deadbeat := !sh.echoBeat.IsZero() && time.Since(sh.echoBeat) >= arikawaDeadbeat
-	identify = sh.sessionID == "" || sh.seq == 0 || sh.forceIdentify || deadbeat
-	if deadbeat && sh.sessionID != "" {
-		sh.m.sessionLosses.Inc()
-		sh.log.Error("session lost: no heartbeat ACK for 15 min, identifying again", slog.String("session_id", sh.sessionID))
-	}
+	identify = sh.sessionID == "" || sh.seq == 0
 	if identify || sh.resumeURL == "" {
 		return sh.svc.cfg.GatewayURL, identify
 	}
@@ -488,40 +540,12 @@ func (sh *shard) acquireIdentify(ctx context.Context) error {
 	return nil
 }
 
-// arikawaDeadbeat is gateway.deadbeatDuration in arikawa v3.6.0.
-const arikawaDeadbeat = 15 * time.Minute
-
-func (sh *shard) echo() {
-	sh.mu.Lock()
-	sh.echoBeat = time.Now()
-	sh.mu.Unlock()
-}
-
-func (sh *shard) hello() {
-	sh.mu.Lock()
-	sh.echoBeat = time.Time{}
-	sh.mu.Unlock()
-}
-
 func (sh *shard) takeClaim() *IdentifyClaim {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	c := sh.claim
 	sh.claim = nil
 	return c
-}
-
-// identifySent clears forceIdentify: arikawa's IDENTIFY went out.
-func (sh *shard) identifySent() {
-	sh.mu.Lock()
-	sh.forceIdentify = false
-	sh.mu.Unlock()
-}
-
-func (sh *shard) forceIdentifyNext() {
-	sh.mu.Lock()
-	sh.forceIdentify = true
-	sh.mu.Unlock()
 }
 
 func (sh *shard) markInvalidated() {
