@@ -497,7 +497,7 @@ func (s *socket) dispatch(env envelope) bool {
 	} else {
 		ev.Data = []byte("null")
 	}
-	ev.GuildID = guildOf(env.Type, ev.Data)
+	ev.GuildID = env.Guild()
 	if !sh.ob.push(ev) {
 		sh.m.bufferFull.Inc()
 		sh.setBackpressure(true)

@@ -15,6 +15,36 @@ type envelope struct {
 	Type   string
 	Data   []byte // raw JSON of d; nil when absent
 	HasSeq bool
+
+	// Raw JSON of d's top-level guild_id and id (when d is an object), found
+	// while validating d: the guild of a dispatch costs no second pass.
+	guildRaw, idRaw []byte
+}
+
+// Guild returns the guild a dispatch concerns (the Discord-Guild header): d.id
+// for GUILD_CREATE/UPDATE/DELETE, else d.guild_id; "" when there is none.
+func (e *envelope) Guild() string {
+	raw := e.guildRaw
+	switch e.Type {
+	case "GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE":
+		raw = e.idRaw
+	}
+	return idString(raw)
+}
+
+// idString is a snowflake from its raw JSON: a string without escapes, or an
+// integer; "" for anything else (null, objects).
+func idString(v []byte) string {
+	if len(v) >= 2 && v[0] == '"' {
+		if end, esc, _ := scanString(v, 0); end == len(v) && !esc {
+			return string(v[1 : len(v)-1])
+		}
+		return ""
+	}
+	if len(v) > 0 && v[0] >= '0' && v[0] <= '9' {
+		return string(v)
+	}
+	return ""
 }
 
 var errEnvelope = errors.New("gateway frame")
@@ -56,7 +86,12 @@ func decodeEnvelope(b []byte) (envelope, error) {
 		}
 		i = skipSpace(b, i+1)
 		valStart := i
-		valEnd, err := skipValue(b, i, 0)
+		var valEnd int
+		if string(key) == "d" && i < len(b) && b[i] == '{' {
+			valEnd, env.guildRaw, env.idRaw, err = skipTopObject(b, i)
+		} else {
+			valEnd, err = skipValue(b, i, 0)
+		}
 		if err != nil {
 			return env, err
 		}
@@ -183,6 +218,53 @@ func isHex(c byte) bool {
 
 const maxDepth = 512
 
+// skipTopObject skips the object at b[i] == '{' like skipValue, and returns the
+// raw values of its top-level "guild_id" and "id" members (the last of each).
+func skipTopObject(b []byte, i int) (end int, guild, id []byte, err error) {
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, nil, nil, nil
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return 0, nil, nil, fmt.Errorf("%w: key expected at %d", errEnvelope, i)
+		}
+		kEnd, esc, err := scanString(b, i)
+		if err != nil {
+			return 0, nil, nil, err
+		}
+		key := b[i+1 : kEnd-1]
+		i = skipSpace(b, kEnd)
+		if i >= len(b) || b[i] != ':' {
+			return 0, nil, nil, fmt.Errorf("%w: colon expected at %d", errEnvelope, i)
+		}
+		i = skipSpace(b, i+1)
+		vEnd, err := skipValue(b, i, 1)
+		if err != nil {
+			return 0, nil, nil, err
+		}
+		if !esc {
+			switch string(key) {
+			case "guild_id":
+				guild = b[i:vEnd]
+			case "id":
+				id = b[i:vEnd]
+			}
+		}
+		i = skipSpace(b, vEnd)
+		if i >= len(b) {
+			return 0, nil, nil, fmt.Errorf("%w: unterminated value", errEnvelope)
+		}
+		if b[i] == '}' {
+			return i + 1, guild, id, nil
+		}
+		if b[i] != ',' {
+			return 0, nil, nil, fmt.Errorf("%w: comma expected at %d", errEnvelope, i)
+		}
+		i = skipSpace(b, i+1)
+	}
+}
+
 // skipValue returns the index just after the JSON value starting at b[i].
 func skipValue(b []byte, i, depth int) (int, error) {
 	if depth > maxDepth {
@@ -290,14 +372,15 @@ func skipNumber(b []byte, i int) (int, error) {
 	return i, nil
 }
 
-// topLevelRaw returns the raw JSON of a top-level field of the object d ("" when
-// absent or malformed).
+// topLevelRaw returns the raw JSON of a top-level field of the object d (the
+// last one when repeated, as JSON decoders do; "" when absent or malformed).
 func topLevelRaw(d []byte, field string) string {
 	i := skipSpace(d, 0)
 	if i >= len(d) || d[i] != '{' {
 		return ""
 	}
 	i = skipSpace(d, i+1)
+	found := ""
 	for i < len(d) && d[i] == '"' {
 		end, esc, err := scanString(d, i)
 		if err != nil {
@@ -314,31 +397,19 @@ func topLevelRaw(d []byte, field string) string {
 			return ""
 		}
 		if match {
-			return string(d[i:vEnd])
+			found = string(d[i:vEnd])
 		}
 		i = skipSpace(d, vEnd)
 		if i < len(d) && d[i] == ',' {
 			i = skipSpace(d, i+1)
 		}
 	}
-	return ""
+	return found
 }
 
 // topLevelString returns the value of a string (or integer) field at the top
 // level of the JSON object d, e.g. guild_id; "" when absent, null or malformed.
-func topLevelString(d []byte, field string) string {
-	v := topLevelRaw(d, field)
-	if len(v) >= 2 && v[0] == '"' {
-		if end, esc, _ := scanString([]byte(v), 0); end == len(v) && !esc {
-			return v[1 : len(v)-1]
-		}
-		return ""
-	}
-	if len(v) > 0 && v[0] >= '0' && v[0] <= '9' {
-		return v
-	}
-	return ""
-}
+func topLevelString(d []byte, field string) string { return idString([]byte(topLevelRaw(d, field))) }
 
 // guildOf returns the guild a dispatch concerns, for the Discord-Guild header.
 func guildOf(eventType string, d []byte) string {

@@ -57,8 +57,27 @@ func TestDecodeEnvelope(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
+			got.guildRaw, got.idRaw = nil, nil // TestEnvelopeGuild covers them
 			require.Equal(t, tc.want, got)
 		})
+	}
+}
+
+func TestEnvelopeGuild(t *testing.T) {
+	for frame, want := range map[string]string{
+		`{"op":0,"s":1,"t":"MESSAGE_CREATE","d":{"id":"1","author":{"guild_id":"9"},"guild_id":"7"}}`: "7",
+		`{"op":0,"s":1,"t":"GUILD_CREATE","d":{"id":"123","name":"x","guild_id":"5"}}`:                "123",
+		`{"op":0,"s":1,"t":"TYPING_START","d":{"channel_id":"1"}}`:                                    "",
+		`{"op":0,"s":1,"t":"TYPING_START","d":{"guild_id":null}}`:                                     "",
+		`{"op":0,"s":1,"t":"X","d":[1]}`:                                                              "",
+		`{"op":0,"s":1,"t":"X","d":{"guild_id":55}}`:                                                  "55",
+		`{"d":{"guild_id":"8"},"op":0,"s":1,"t":"MESSAGE_CREATE"}`:                                    "8",
+	} {
+		env, err := decodeEnvelope([]byte(frame))
+		require.NoError(t, err, frame)
+		require.Equal(t, want, env.Guild(), frame)
+		d := env.Data
+		require.Equal(t, guildOf(env.Type, d), env.Guild(), "one pass agrees with the field lookup: %s", frame)
 	}
 }
 
@@ -94,6 +113,9 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		}
 		refErr := json.Unmarshal(in, &ref)
 		if err == nil {
+			if want := guildOf(got.Type, got.Data); got.Guild() != want {
+				t.Fatalf("one-pass guild %q, field lookup %q in %q", got.Guild(), want, in)
+			}
 			if got.Data != nil && !json.Valid(got.Data) {
 				t.Fatalf("d is not valid JSON: %q", got.Data)
 			}
@@ -155,7 +177,7 @@ func BenchmarkEnvelopeDecode(b *testing.B) {
 		}
 		// What the connection does with a dispatch: copy d, find the guild.
 		_ = append([]byte(nil), env.Data...)
-		_ = guildOf(env.Type, env.Data)
+		_ = env.Guild()
 	}
 }
 
