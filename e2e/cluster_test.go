@@ -25,7 +25,8 @@ type cluster struct {
 }
 
 // startCluster starts a fresh database, nats-server, the fake Discord, the workers
-// and opts.Replicas bots, and waits until every shard is READY.
+// and opts.Replicas bots, and waits until every shard is READY and the replicas
+// hold their fair shares (the start-up rebalance is over).
 func startCluster(t *testing.T, opts localcluster.Options) *cluster {
 	t.Helper()
 	db := pgtest.New(t)
@@ -46,7 +47,7 @@ func startCluster(t *testing.T, opts localcluster.Options) *cluster {
 		}
 		lc.Close()
 	})
-	c.waitAllReady(60 * time.Second)
+	c.waitBalanced(60 * time.Second)
 	return c
 }
 

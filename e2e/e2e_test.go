@@ -62,6 +62,9 @@ func TestE2E(t *testing.T) {
 		since := time.Now()
 		victim := c.Bots()[1]
 		held := c.owners()[victim.ID]
+		if held == 0 {
+			t.Fatalf("%s holds no shard: nothing to prove", victim.ID)
+		}
 		victim.Proc.Kill()
 		// The survivors reclaim after the stale threshold and RESUME.
 		c.waitFor(30*time.Second, "survivors hold every shard", func() bool {
@@ -80,6 +83,9 @@ func TestE2E(t *testing.T) {
 		c.startTraffic(200)
 		since := time.Now()
 		cut := c.Bots()[0]
+		if held := c.owners()[cut.ID]; held == 0 {
+			t.Fatalf("%s holds no shard before the partition: nothing to prove", cut.ID)
+		}
 		cut.DBProxy.Blackhole()
 		// It self-fences (closing its sessions) before the stale threshold; the others
 		// then reclaim and RESUME. The referee proves the order: no overlap.
