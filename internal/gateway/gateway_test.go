@@ -292,6 +292,14 @@ func TestTwoReplicasWithLeaseManagers(t *testing.T) {
 	}
 	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "0"))
 	require.Zero(t, b.metric(t, "shardwarden_gateway_identifies_total", "shard", "1"))
+
+	// A RESUME replays no READY: the new owner carries the guild count over from
+	// the lease row instead of reporting zero.
+	for shard := range 2 {
+		want := float64(len(e.fake.GuildsOfShard(shard, 2)))
+		require.Positive(t, want)
+		require.Equal(t, want, b.metric(t, "shardwarden_gateway_guilds", "shard", itoa(shard)), "shard %d", shard)
+	}
 }
 
 // BenchmarkOneShardPipeline measures one shard end to end: the fake sends 1 KiB

@@ -203,7 +203,12 @@ type shard struct {
 	state        string
 	backpressure bool
 	guilds       map[string]struct{}
-	lastEventAt  time.Time
+	// inherited counts guilds the previous owner knew that this owner has not seen:
+	// a RESUME does not replay READY and its GUILD_CREATEs, so a resumed shard
+	// starts from the count saved in its lease row. A READY replaces it with the
+	// exact set.
+	inherited   int
+	lastEventAt time.Time
 }
 
 func newShard(s *Service, lease *shardlease.Lease) *shard {
@@ -219,6 +224,10 @@ func newShard(s *Service, lease *shardlease.Lease) *shard {
 		state:       stateConnecting,
 		guilds:      map[string]struct{}{},
 		lastEventAt: time.Now(),
+	}
+	if lease.Resume.Resumable() {
+		sh.inherited = lease.Status().Guilds
+		sh.m.guilds.Set(float64(sh.inherited))
 	}
 	sh.ob = newOutbox(s.cfg.BufferSize, sh.sessionID, sh.seq)
 	sh.m.setState(stateConnecting)
@@ -572,6 +581,7 @@ func (sh *shard) onReady(session, resumeURL string, guilds []string) {
 	sh.mu.Lock()
 	sh.sessionID, sh.resumeURL, sh.seq = session, resumeURL, 0
 	clear(sh.guilds)
+	sh.inherited = 0
 	for _, g := range guilds {
 		sh.guilds[g] = struct{}{}
 	}
@@ -612,11 +622,15 @@ func (sh *shard) onEvent(t string, seq int64, guild string, d []byte, now time.T
 	case "GUILD_DELETE":
 		// unavailable=true is an outage, not a departure.
 		if guild != "" && topLevelRaw(d, "unavailable") != "true" {
-			delete(sh.guilds, guild)
+			if _, ok := sh.guilds[guild]; ok {
+				delete(sh.guilds, guild)
+			} else if sh.inherited > 0 {
+				sh.inherited--
+			}
 			changed = true
 		}
 	}
-	n := len(sh.guilds)
+	n := len(sh.guilds) + sh.inherited
 	sh.mu.Unlock()
 	if changed {
 		sh.m.guilds.Set(float64(n))
@@ -628,7 +642,7 @@ func (sh *shard) onEvent(t string, seq int64, guild string, d []byte, now time.T
 func (sh *shard) guildCount() int {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return len(sh.guilds)
+	return len(sh.guilds) + sh.inherited
 }
 
 func (sh *shard) lastEvent() time.Time {
