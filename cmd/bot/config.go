@@ -44,7 +44,7 @@ import (
 //	...
 //	pool, err := db.openPool(ctx, "shardwarden-bot")
 //	...
-//	cfg := lease.leaseConfig() // then set Runner, Logger, Registerer, Version
+//	cfg := lease.leaseConfig(shardCount) // then set Runner, Logger, Registerer, Version
 
 // dbSettings is DATABASE_URL, or DATABASE_URL_FILE naming a file that holds it
 // (a Docker secret). No flag: the URL carries the password.
@@ -131,12 +131,10 @@ func (s logSettings) logger(w io.Writer, secrets ...string) (*slog.Logger, error
 }
 
 // leaseSettings is this replica's part in shard leasing: REPLICA_ID (default: the
-// hostname, unique per container), SHARD_COUNT (required: the first replica
-// stores it for the whole cluster, so it is never guessed) and
-// HEARTBEAT_INTERVAL (default 10s).
+// hostname, unique per container) and HEARTBEAT_INTERVAL (default 10s). The shard
+// count is `bot run`'s (a number or auto, resolved against Discord).
 type leaseSettings struct {
 	ReplicaID         string
-	ShardCount        int
 	HeartbeatInterval time.Duration
 }
 
@@ -147,7 +145,6 @@ func (s *leaseSettings) bind(l *config.Loader, hostname func() (string, error)) 
 	}
 	host, _ := hostname()
 	l.String(&s.ReplicaID, "REPLICA_ID", host, "this replica's id in the lease tables (default: the hostname)")
-	l.Int(&s.ShardCount, "SHARD_COUNT", 0, "the cluster's Discord shard count (required)")
 	l.Duration(&s.HeartbeatInterval, "HEARTBEAT_INTERVAL", shardlease.DefaultHeartbeatInterval, "lease renewal interval; leases go stale after 3")
 	l.Check(func() error {
 		switch id := strings.TrimSpace(s.ReplicaID); {
@@ -159,12 +156,6 @@ func (s *leaseSettings) bind(l *config.Loader, hostname func() (string, error)) 
 		return nil
 	})
 	l.Check(func() error {
-		if s.ShardCount <= 0 || s.ShardCount > shardlease.MaxShardCount {
-			return config.Invalid("SHARD_COUNT", "required: the cluster's shard count, 1 to %d (got %d)", shardlease.MaxShardCount, s.ShardCount)
-		}
-		return nil
-	})
-	l.Check(func() error {
 		if s.HeartbeatInterval < 100*time.Millisecond {
 			return config.Invalid("HEARTBEAT_INTERVAL", "must be at least 100ms, got %s", s.HeartbeatInterval)
 		}
@@ -172,12 +163,12 @@ func (s *leaseSettings) bind(l *config.Loader, hostname func() (string, error)) 
 	})
 }
 
-// leaseConfig is the shardlease.Config these settings fill; the caller adds
-// Runner, Logger, Registerer and Version.
-func (s leaseSettings) leaseConfig() shardlease.Config {
+// leaseConfig is the shardlease.Config these settings fill for shardCount; the
+// caller adds Runner, Logger, Registerer and Version.
+func (s leaseSettings) leaseConfig(shardCount int) shardlease.Config {
 	return shardlease.Config{
 		ReplicaID:         strings.TrimSpace(s.ReplicaID),
-		ShardCount:        s.ShardCount,
+		ShardCount:        shardCount,
 		HeartbeatInterval: s.HeartbeatInterval,
 	}
 }

@@ -253,31 +253,27 @@ func TestLeaseSettings(t *testing.T) {
 		return s, l.Parse(args)
 	}
 	t.Run("defaults", func(t *testing.T) {
-		s, err := parse(t, map[string]string{"SHARD_COUNT": "16"})
+		s, err := parse(t, map[string]string{})
 		require.NoError(t, err)
-		require.Equal(t, leaseSettings{ReplicaID: "host-1", ShardCount: 16, HeartbeatInterval: 10 * time.Second}, s)
-		cfg := s.leaseConfig()
+		require.Equal(t, leaseSettings{ReplicaID: "host-1", HeartbeatInterval: 10 * time.Second}, s)
+		cfg := s.leaseConfig(16)
 		require.Equal(t, "host-1", cfg.ReplicaID)
 		require.Equal(t, 16, cfg.ShardCount)
 		require.Equal(t, 10*time.Second, cfg.HeartbeatInterval)
 	})
 	t.Run("environment and flags", func(t *testing.T) {
-		s, err := parse(t, map[string]string{"SHARD_COUNT": "16", "REPLICA_ID": "bot-a", "HEARTBEAT_INTERVAL": "2s"}, "--shard-count", "32")
+		s, err := parse(t, map[string]string{"REPLICA_ID": "bot-a", "HEARTBEAT_INTERVAL": "2s"}, "--heartbeat-interval", "3s")
 		require.NoError(t, err)
-		require.Equal(t, leaseSettings{ReplicaID: "bot-a", ShardCount: 32, HeartbeatInterval: 2 * time.Second}, s)
+		require.Equal(t, leaseSettings{ReplicaID: "bot-a", HeartbeatInterval: 3 * time.Second}, s)
 	})
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
 		want string
 	}{
-		{"shard count missing", map[string]string{}, "SHARD_COUNT"},
-		{"shard count zero", map[string]string{"SHARD_COUNT": "0"}, "SHARD_COUNT"},
-		{"shard count negative", map[string]string{"SHARD_COUNT": "-4"}, "SHARD_COUNT"},
-		{"shard count not a number", map[string]string{"SHARD_COUNT": "many"}, "SHARD_COUNT"},
-		{"interval not a duration", map[string]string{"SHARD_COUNT": "1", "HEARTBEAT_INTERVAL": "10"}, "HEARTBEAT_INTERVAL"},
-		{"interval too short", map[string]string{"SHARD_COUNT": "1", "HEARTBEAT_INTERVAL": "1ms"}, "HEARTBEAT_INTERVAL"},
-		{"blank replica id", map[string]string{"SHARD_COUNT": "1", "REPLICA_ID": " "}, "REPLICA_ID"},
+		{"interval not a duration", map[string]string{"HEARTBEAT_INTERVAL": "10"}, "HEARTBEAT_INTERVAL"},
+		{"interval too short", map[string]string{"HEARTBEAT_INTERVAL": "1ms"}, "HEARTBEAT_INTERVAL"},
+		{"blank replica id", map[string]string{"REPLICA_ID": " "}, "REPLICA_ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parse(t, tc.env)

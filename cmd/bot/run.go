@@ -34,9 +34,8 @@ import (
 type runSettings struct {
 	Token       string
 	NATSURL     string
-	ShardCount  string // a number, or "auto" (/gateway/bot's recommendation)
-	ReplicaID   string
-	Heartbeat   time.Duration
+	ShardCount  string        // a number, or "auto" (/gateway/bot's recommendation)
+	Lease       leaseSettings // REPLICA_ID, HEARTBEAT_INTERVAL
 	Intents     int
 	HealthAddr  string
 	APIURL      string
@@ -58,12 +57,7 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 	l.Secret(&s.Token, "DISCORD_TOKEN", true)
 	l.String(&s.NATSURL, "NATS_URL", nats.DefaultURL, "NATS server URL(s), comma separated")
 	l.String(&s.ShardCount, "SHARD_COUNT", "", "the cluster's shard count, or auto (Discord's recommendation from /gateway/bot)")
-	if hostname == nil {
-		hostname = os.Hostname
-	}
-	host, _ := hostname()
-	l.String(&s.ReplicaID, "REPLICA_ID", host, "this replica's id in the lease tables (default: the hostname)")
-	l.Duration(&s.Heartbeat, "HEARTBEAT_INTERVAL", shardlease.DefaultHeartbeatInterval, "lease renewal interval; leases go stale after 3")
+	s.Lease.bind(l, hostname)
 	l.Int(&s.Intents, "INTENTS", defaultIntents, "gateway intents bitfield")
 	bindHealthAddr(l, &s.HealthAddr)
 	l.String(&s.APIURL, "DISCORD_API_URL", "https://discord.com/api", "Discord REST base URL (a proxy or a fake)")
@@ -105,21 +99,6 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 			if err != nil || n <= 0 || n > shardlease.MaxShardCount {
 				return config.Invalid("SHARD_COUNT", "want auto or 1 to %d, got %q", shardlease.MaxShardCount, v)
 			}
-		}
-		return nil
-	})
-	l.Check(func() error {
-		switch id := strings.TrimSpace(s.ReplicaID); {
-		case id == "":
-			return config.Invalid("REPLICA_ID", "required, and no hostname to default to")
-		case len(id) > 200:
-			return config.Invalid("REPLICA_ID", "longer than 200 bytes")
-		}
-		return nil
-	})
-	l.Check(func() error {
-		if s.Heartbeat < 100*time.Millisecond {
-			return config.Invalid("HEARTBEAT_INTERVAL", "must be at least 100ms, got %s", s.Heartbeat)
 		}
 		return nil
 	})
@@ -184,7 +163,7 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	replicaID := strings.TrimSpace(s.ReplicaID)
+	replicaID := strings.TrimSpace(s.Lease.ReplicaID)
 	base := logger // shardlease adds replica_id itself
 	logger = logger.With(slog.String("replica_id", replicaID))
 
@@ -270,11 +249,9 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	lc := shardlease.Config{
-		ReplicaID: replicaID, ShardCount: shardCount, HeartbeatInterval: s.Heartbeat,
-		ShutdownTimeout: s.Shutdown, Version: buildinfo.String(), Runner: gw,
-		Logger: base, Registerer: reg,
-	}
+	lc := s.Lease.leaseConfig(shardCount)
+	lc.ShutdownTimeout, lc.Version, lc.Runner = s.Shutdown, buildinfo.String(), gw
+	lc.Logger, lc.Registerer = base, reg
 	mgr, err := shardlease.New(pool, lc)
 	if err != nil {
 		return err
