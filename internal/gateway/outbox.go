@@ -15,10 +15,18 @@ import (
 //
 // The receive loop never blocks on it: push fails when it is full, and the shard
 // then disconnects (with 4000, keeping its session) until there is room again.
+//
+// The ring is made of fixed chunks allocated when first written and freed once
+// every entry in them is acknowledged, so a shard's memory follows what it has
+// buffered, not its bound: an idle shard holds one chunk, a shard backed up
+// behind a NATS outage up to its whole size. Entries never move (publishers hold
+// pointers to them until their completion).
 type outbox struct {
 	mu      sync.Mutex
-	ring    []slotEntry
-	head    uint64 // oldest entry not yet acknowledged
+	size    uint64        // most entries buffered at once
+	chunks  [][]slotEntry // ring of chunkSize entries each; nil when unused
+	spare   []slotEntry   // a freed chunk kept for the next allocation
+	head    uint64        // oldest entry not yet acknowledged
 	next    uint64 // next entry to publish
 	tail    uint64 // one past the newest entry
 	failing bool   // the last completion was a failure: back off before resending
@@ -46,9 +54,14 @@ type slotEntry struct {
 	state entryState
 }
 
+// chunkSize entries are allocated at a time (about 15 KiB).
+const chunkSize = 128
+
 func newOutbox(size int, session string, seq int64) *outbox {
+	size = max(size, 1)
 	return &outbox{
-		ring:         make([]slotEntry, size),
+		size:         uint64(size),
+		chunks:       make([][]slotEntry, (size+chunkSize-1)/chunkSize+1),
 		ackedSession: session,
 		ackedSeq:     seq,
 		wake:         make(chan struct{}, 1),
@@ -60,14 +73,30 @@ func newOutbox(size int, session string, seq int64) *outbox {
 	}
 }
 
+// slot is the entry at ring position i, allocating its chunk when needed. The
+// ring has one chunk more than size needs, so the chunk the head is leaving can be
+// freed before the tail comes back to it. Callers hold o.mu.
+func (o *outbox) slot(i uint64) *slotEntry {
+	c := (i / chunkSize) % uint64(len(o.chunks))
+	if o.chunks[c] == nil {
+		if o.spare != nil {
+			// Its entries are all acknowledged and cleared; push sets both fields.
+			o.chunks[c], o.spare = o.spare, nil
+		} else {
+			o.chunks[c] = make([]slotEntry, chunkSize)
+		}
+	}
+	return &o.chunks[c][i%chunkSize]
+}
+
 // push adds ev (its Data must be owned by the outbox) unless the buffer is full.
 func (o *outbox) push(ev bus.Event) bool {
 	o.mu.Lock()
-	if o.tail-o.head >= uint64(len(o.ring)) {
+	if o.tail-o.head >= o.size {
 		o.mu.Unlock()
 		return false
 	}
-	e := &o.ring[o.tail%uint64(len(o.ring))]
+	e := o.slot(o.tail)
 	e.ev, e.state = ev, entryQueued
 	o.tail++
 	o.mu.Unlock()
@@ -135,7 +164,7 @@ func (o *outbox) take() *bus.Event {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for ; o.next < o.tail; o.next++ {
-		e := &o.ring[o.next%uint64(len(o.ring))]
+		e := o.slot(o.next)
 		if e.state == entryQueued {
 			e.state = entryInFlight
 			o.next++
@@ -157,7 +186,7 @@ func (o *outbox) backingOff() bool {
 // indexOf finds ev's ring position from its address.
 func (o *outbox) indexOf(ev *bus.Event) uint64 {
 	for i := o.head; i < o.tail; i++ {
-		if &o.ring[i%uint64(len(o.ring))].ev == ev {
+		if &o.slot(i).ev == ev {
 			return i
 		}
 	}
@@ -167,17 +196,16 @@ func (o *outbox) indexOf(ev *bus.Event) uint64 {
 // done is the publisher's Completion for this shard's events.
 func (o *outbox) done(ev *bus.Event, err error) {
 	o.mu.Lock()
-	size := uint64(len(o.ring))
 	// Fast path: acks arrive in order, the completed event is usually the head.
 	i := o.head
-	if i == o.tail || &o.ring[i%size].ev != ev {
+	if i == o.tail || &o.slot(i).ev != ev {
 		i = o.indexOf(ev)
 	}
 	if i == o.tail {
 		o.mu.Unlock()
 		return // a completion for an event already acknowledged (a stale retry)
 	}
-	e := &o.ring[i%size]
+	e := o.slot(i)
 	if err != nil {
 		if e.state == entryInFlight {
 			e.state = entryQueued
@@ -196,7 +224,7 @@ func (o *outbox) done(ev *bus.Event, err error) {
 	e.state = entryAcked
 	advanced := false
 	for o.head < o.tail {
-		h := &o.ring[o.head%size]
+		h := o.slot(o.head)
 		if h.state != entryAcked {
 			break
 		}
@@ -204,6 +232,15 @@ func (o *outbox) done(ev *bus.Event, err error) {
 		h.ev = bus.Event{} // drop the payload reference
 		o.head++
 		advanced = true
+		if o.head%chunkSize == 0 {
+			// Every entry of the chunk behind the head is acknowledged: nothing
+			// points into it any more, and the tail is at least a chunk away.
+			c := ((o.head - 1) / chunkSize) % uint64(len(o.chunks))
+			if o.spare == nil {
+				o.spare = o.chunks[c]
+			}
+			o.chunks[c] = nil
+		}
 	}
 	if o.next < o.head {
 		o.next = o.head

@@ -67,3 +67,64 @@ func TestOutboxContiguousAcksAndRetries(t *testing.T) {
 	o.done(ev, nil)
 	require.Equal(t, int64(1), o.acked("s2"))
 }
+
+// chunksInUse counts the allocated chunks (the spare included).
+func (o *outbox) chunksInUse() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, c := range o.chunks {
+		if c != nil {
+			n++
+		}
+	}
+	if o.spare != nil {
+		n++
+	}
+	return n
+}
+
+// Memory follows what is buffered, not the bound: a shard that keeps up holds a
+// chunk or two however many events passed through it, one backed up fills its whole
+// size, and draining gives the chunks back. Events keep their order and sequences
+// across chunk boundaries.
+func TestOutboxChunksFollowTheBacklog(t *testing.T) {
+	const size = 10*chunkSize + 7
+	o := newOutbox(size, "s", 0)
+	seq := int64(0)
+	pushTakeAck := func(n int) {
+		t.Helper()
+		for range n {
+			seq++
+			require.True(t, o.push(bus.Event{Session: "s", Seq: seq}))
+			ev := o.take()
+			require.NotNil(t, ev)
+			require.Equal(t, seq, ev.Seq)
+			o.done(ev, nil)
+		}
+	}
+	pushTakeAck(20 * chunkSize) // many laps of a keep-up shard
+	require.Equal(t, seq, o.acked("s"))
+	require.LessOrEqual(t, o.chunksInUse(), 2, "a shard that keeps up holds a chunk and a spare")
+
+	// A backlog fills the whole bound, across chunk boundaries, then refuses.
+	for range size {
+		seq++
+		require.True(t, o.push(bus.Event{Session: "s", Seq: seq}))
+	}
+	require.False(t, o.push(bus.Event{Session: "s", Seq: seq + 1}), "full at its size")
+	require.GreaterOrEqual(t, o.chunksInUse(), size/chunkSize)
+
+	// Acks in publish order drain it; every sequence comes out once, in order.
+	want := seq - size + 1
+	for ev := o.take(); ev != nil; ev = o.take() {
+		require.Equal(t, want, ev.Seq)
+		want++
+		o.done(ev, nil)
+	}
+	require.Equal(t, seq+1, want)
+	require.Equal(t, seq, o.acked("s"))
+	require.LessOrEqual(t, o.chunksInUse(), 2, "drained chunks are given back")
+	pushTakeAck(3 * chunkSize)
+	require.Equal(t, seq, o.acked("s"))
+}
