@@ -131,8 +131,9 @@ type consumer struct {
 	w       *worker.Worker
 	nc      *nats.Conn
 	handled atomic.Int64
-	mu      sync.Mutex
-	arrived map[uint64]time.Time
+	mu       sync.Mutex
+	arrived  map[uint64]time.Time
+	received map[uint64]time.Time // the gateway's receive time (header)
 	last    atomic.Int64 // unix nanos of the latest handled event
 }
 
@@ -150,7 +151,7 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 		nc.Close()
 		return nil, err
 	}
-	c := &consumer{nc: nc, arrived: map[uint64]time.Time{}}
+	c := &consumer{nc: nc, arrived: map[uint64]time.Time{}, received: map[uint64]time.Time{}}
 	c.w, err = worker.New(worker.Config{
 		Name:           "bench",
 		FilterSubjects: []string{bus.EventsSubjects},
@@ -164,6 +165,7 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 				c.mu.Lock()
 				if _, seen := c.arrived[id]; !seen {
 					c.arrived[id] = now
+					c.received[id] = m.ReceivedAt
 				}
 				c.mu.Unlock()
 			}
@@ -243,7 +245,7 @@ func (b *bench) pipeline(ctx context.Context) error {
 	time.Sleep(latencyFor)
 	// Every event of the phase must have arrived: leaving out the slow ones would
 	// flatter the tail.
-	var lat []time.Duration
+	var lat, toBot, toWorker []time.Duration
 	deadline = time.Now().Add(60 * time.Second)
 	for {
 		var sent []fakediscord.Event
@@ -254,11 +256,14 @@ func (b *bench) pipeline(ctx context.Context) error {
 		}); err != nil {
 			return err
 		}
-		lat = lat[:0]
+		lat, toBot, toWorker = lat[:0], toBot[:0], toWorker[:0]
 		c.mu.Lock()
 		for _, e := range sent {
 			if at, ok := c.arrived[e.ID]; ok {
 				lat = append(lat, at.Sub(e.At))
+				if rcv := c.received[e.ID]; !rcv.IsZero() {
+					toBot, toWorker = append(toBot, rcv.Sub(e.At)), append(toWorker, at.Sub(rcv))
+				}
 			}
 		}
 		c.mu.Unlock()
@@ -273,7 +278,8 @@ func (b *bench) pipeline(ctx context.Context) error {
 	if len(lat) < 100 {
 		return fmt.Errorf("latency: only %d events matched", len(lat))
 	}
-	b.note("latency: %d events at 1,000/s", len(lat))
+	b.note("latency: %d events at 1,000/s; fake→bot p50 %s p99 %s, bot→worker p50 %s p99 %s", len(lat),
+		percentile(toBot, 0.5), percentile(toBot, 0.99), percentile(toWorker, 0.5), percentile(toWorker, 0.99))
 	b.add("e2e_latency_p50_ms", ms(percentile(lat, 0.50)), "ms")
 	b.add("e2e_latency_p99_ms", ms(percentile(lat, 0.99)), "ms")
 	return nil
@@ -359,11 +365,15 @@ func sortByStart(list []fakediscord.SessionInterval) {
 
 // cpuProfile saves a CPU profile of a process serving /debug/pprof at base.
 func (b *bench) cpuProfile(ctx context.Context, base, name string, d time.Duration) {
+	b.saveProfile(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(d.Seconds())), name)
+}
+
+// saveProfile saves what url (a /debug/pprof endpoint) answers into profileDir.
+func (b *bench) saveProfile(ctx context.Context, url, name string) {
 	if err := os.MkdirAll(b.profileDir, 0o755); err != nil {
 		b.note("profile: %v", err)
 		return
 	}
-	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(d.Seconds()))
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return

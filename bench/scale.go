@@ -173,6 +173,10 @@ func (b *bench) scale(ctx context.Context) error {
 	b.add("cold_start_identify_violations", float64(violations), "count")
 
 	time.Sleep(3 * time.Second)
+	if b.profileDir != "" {
+		b.saveProfile(ctx, "http://"+r.Bots()[0].HealthAddr+"/debug/pprof/heap", "bot-scale-heap.pprof")
+		b.saveProfile(ctx, "http://"+r.Bots()[0].HealthAddr+"/debug/pprof/goroutine?debug=1", "bot-scale-goroutines.txt")
+	}
 	rss, err := sumRSS(r)
 	if err != nil {
 		return err
