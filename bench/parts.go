@@ -128,13 +128,13 @@ func waitNATS(ctx context.Context, url string) error {
 // consumer is the "worker that acks": the worker runtime with a handler that only
 // records when each event arrived.
 type consumer struct {
-	w       *worker.Worker
-	nc      *nats.Conn
-	handled atomic.Int64
+	w        *worker.Worker
+	nc       *nats.Conn
+	handled  atomic.Int64
 	mu       sync.Mutex
 	arrived  map[uint64]time.Time
 	received map[uint64]time.Time // the gateway's receive time (header)
-	last    atomic.Int64 // unix nanos of the latest handled event
+	last     atomic.Int64         // unix nanos of the latest handled event
 }
 
 func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
