@@ -142,8 +142,15 @@ func (l *IdentifyLimiter) SetLimits(ctx context.Context, lim SessionStartLimit) 
 }
 
 // IdentifyClaim is the right to send one IDENTIFY for a shard.
+//
+// A claim reserves its bucket for validity + window + margin: the IDENTIFY must
+// go out within validity of the claim (Valid), so any later claim of the bucket
+// sends at least window + margin after it, whatever the database latency. Sent
+// then gives back what the reservation did not need (send time + window +
+// margin), as long as the bucket is still this claim's.
 type IdentifyClaim struct {
-	// ClaimedAt is the database's clock when the bucket was claimed.
+	// ClaimedAt is the database's clock when the bucket was claimed; with the
+	// bucket, shard and replica it identifies the claim in its row.
 	ClaimedAt time.Time
 
 	l         *IdentifyLimiter
@@ -153,28 +160,34 @@ type IdentifyClaim struct {
 }
 
 // Valid reports whether the claim may still be used: an IDENTIFY sent later than
-// one window after the claim could land next to another replica's.
+// its validity could land next to the bucket's next claim.
 func (c *IdentifyClaim) Valid() bool {
-	return c != nil && time.Since(c.claimedAt) < c.l.cfg.Window-c.l.cfg.Margin
+	return c != nil && time.Since(c.claimedAt) < c.l.validity()
 }
 
+// validity is how long after its claim an IDENTIFY may be sent: long enough for a
+// dial and HELLO, short enough that an expired claim costs at most half a window.
+func (l *IdentifyLimiter) validity() time.Duration { return l.cfg.Window / 2 }
+
 // Sent records that the IDENTIFY went out: it spends one from the daily budget
-// (only sent IDENTIFYs count, so dials that fail burn nothing) and moves the
-// bucket's next slot to (now + window + margin) by the database clock, which is
-// after the send.
+// (only sent IDENTIFYs count, so dials that fail burn nothing) and, while the
+// bucket is still this claim's, moves its next slot to (now + window + margin) by
+// the database clock, which is after the send: earlier than the reservation,
+// never earlier than the window allows.
 func (c *IdentifyClaim) Sent(ctx context.Context) error {
 	var remaining int
 	err := c.l.pool.QueryRow(ctx, `
 		WITH bucket AS (
 		    UPDATE discord_identify_buckets
-		    SET next_allowed_at = greatest(next_allowed_at, clock_timestamp() + make_interval(secs => $2))
-		    WHERE bucket = $1)
+		    SET next_allowed_at = least(next_allowed_at, clock_timestamp() + make_interval(secs => $2))
+		    WHERE bucket = $1 AND last_claimed_at = $3 AND last_shard_id = $4 AND last_replica_id = $5)
 		UPDATE discord_identify_budget
 		SET remaining = CASE WHEN reset_at <= clock_timestamp() THEN total ELSE remaining END - 1,
 		    reset_at = CASE WHEN reset_at <= clock_timestamp() THEN clock_timestamp() + interval '24 hours' ELSE reset_at END,
 		    updated_at = clock_timestamp()
 		WHERE singleton
-		RETURNING remaining`, c.bucket, (c.l.cfg.Window + c.l.cfg.Margin).Seconds()).Scan(&remaining)
+		RETURNING remaining`, c.bucket, (c.l.cfg.Window + c.l.cfg.Margin).Seconds(),
+		c.ClaimedAt, c.shardID, c.l.cfg.ReplicaID).Scan(&remaining)
 	if err != nil {
 		return fmt.Errorf("identify sent, bucket %d: %w", c.bucket, err)
 	}
@@ -256,11 +269,11 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 		    SET next_allowed_at = clock_timestamp() + make_interval(secs => $2),
 		        last_shard_id = $3, last_replica_id = $4, last_claimed_at = clock_timestamp()
 		    WHERE bucket = $1 AND next_allowed_at <= clock_timestamp()
-		    RETURNING bucket)
-		SELECT EXISTS (SELECT 1 FROM claim), clock_timestamp(),
+		    RETURNING last_claimed_at)
+		SELECT EXISTS (SELECT 1 FROM claim), coalesce((SELECT last_claimed_at FROM claim), clock_timestamp()),
 		       coalesce((SELECT extract(epoch FROM next_allowed_at - clock_timestamp())::float8
 		                 FROM discord_identify_buckets WHERE bucket = $1), 0)`,
-		bucket, (l.cfg.Window+l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &at, &nextIn)
+		bucket, (l.validity() + l.cfg.Window + l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &at, &nextIn)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("identify claim: bucket %d: %w", bucket, err)
 	}

@@ -175,3 +175,49 @@ func gaugeValue(t testing.TB, reg prometheus.Gatherer, name string, labels ...st
 	}
 	return 0
 }
+
+// A claim reserves its bucket for the longest it may wait before sending (its
+// validity) plus the window: a replica whose Sent is slow or lost cannot let a
+// peer IDENTIFY within one window of its own IDENTIFY. Sent gives the unused part
+// of the reservation back. Times are the database's, read from the rows.
+func TestIdentifyClaimReservesUntilItsSendIsKnown(t *testing.T) {
+	db := pgtest.NewMigrated(t)
+	pool := pgtest.Pool(t, db.URL)
+	const window = time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, _ := newLimiter(t, pgtest.Pool(t, db.URL), "a", window, 10)
+	b, _ := newLimiter(t, pgtest.Pool(t, db.URL), "b", window, 10)
+	require.NoError(t, a.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 1}))
+	reservation := a.validity() + window + a.cfg.Margin
+	nextAllowed := func() time.Time {
+		var next time.Time
+		require.NoError(t, pool.QueryRow(ctx, `SELECT next_allowed_at FROM discord_identify_buckets WHERE bucket = 0`).Scan(&next))
+		return next
+	}
+
+	// a claims and its Sent never reaches the database (it is still dialing, or
+	// the write is stuck): b must wait the whole reservation.
+	ca, err := a.Acquire(ctx, 0)
+	require.NoError(t, err)
+	require.Equal(t, reservation, nextAllowed().Sub(ca.ClaimedAt).Round(time.Millisecond))
+	cb, err := b.Acquire(ctx, 1)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, cb.ClaimedAt.Sub(ca.ClaimedAt), reservation, "b claimed inside a's validity + window")
+
+	// b sends and says so: the bucket opens one window (plus margin) after that
+	// send, before b's whole reservation is over.
+	require.NoError(t, cb.Sent(ctx))
+	next := nextAllowed()
+	require.Less(t, next.Sub(cb.ClaimedAt), reservation, "Sent gave the unused reservation back")
+	require.GreaterOrEqual(t, next.Sub(cb.ClaimedAt), window+a.cfg.Margin)
+
+	// A Sent that arrives after someone else claimed the bucket must not move
+	// that claim's reservation.
+	cc, err := a.Acquire(ctx, 2)
+	require.NoError(t, err)
+	before := nextAllowed()
+	require.NoError(t, ca.Sent(ctx)) // a's long-stale claim
+	require.Equal(t, before, nextAllowed(), "the stale Sent left the current claim's reservation alone")
+	require.GreaterOrEqual(t, before.Sub(cc.ClaimedAt), reservation-time.Millisecond)
+}
