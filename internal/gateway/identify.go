@@ -273,7 +273,7 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 		SELECT EXISTS (SELECT 1 FROM claim), coalesce((SELECT last_claimed_at FROM claim), clock_timestamp()),
 		       coalesce((SELECT extract(epoch FROM next_allowed_at - clock_timestamp())::float8
 		                 FROM discord_identify_buckets WHERE bucket = $1), 0)`,
-		bucket, (l.validity() + l.cfg.Window + l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &at, &nextIn)
+		bucket, (l.validity()+l.cfg.Window+l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &at, &nextIn)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("identify claim: bucket %d: %w", bucket, err)
 	}

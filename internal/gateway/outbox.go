@@ -27,9 +27,9 @@ type outbox struct {
 	chunks  [][]slotEntry // ring of chunkSize entries each; nil when unused
 	spare   []slotEntry   // a freed chunk kept for the next allocation
 	head    uint64        // oldest entry not yet acknowledged
-	next    uint64 // next entry to publish
-	tail    uint64 // one past the newest entry
-	failing bool   // the last completion was a failure: back off before resending
+	next    uint64        // next entry to publish
+	tail    uint64        // one past the newest entry
+	failing bool          // the last completion was a failure: back off before resending
 
 	// What the head has passed: the last acknowledged entry.
 	ackedSession string
