@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,6 +52,13 @@ type IdentifyLimiter struct {
 	wait      prometheus.Histogram
 	remaining prometheus.Gauge
 	low       prometheus.Gauge
+
+	// Shards of one bucket on this replica take turns at the database: only one of
+	// them polls for the bucket's next slot, instead of every waiting shard waking
+	// at the same instant and queueing on the budget row's lock.
+	mu          sync.Mutex
+	bucketTurns map[int]chan struct{} // a token per bucket, taken while polling
+	mc          int                   // max_concurrency as last read
 }
 
 // NewIdentifyLimiter validates cfg.
@@ -79,9 +87,10 @@ func NewIdentifyLimiter(pool *pgxpool.Pool, cfg IdentifyConfig) (*IdentifyLimite
 		logger = slog.New(slog.DiscardHandler)
 	}
 	l := &IdentifyLimiter{
-		pool:   pool,
-		cfg:    cfg,
-		logger: logger,
+		pool:        pool,
+		cfg:         cfg,
+		logger:      logger,
+		bucketTurns: map[int]chan struct{}{},
 		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "shardwarden_gateway_identify_wait_seconds",
 			Help:    "Time a shard waited for its identify slot (bucket window and daily budget) before dialing.",
@@ -201,6 +210,14 @@ func (c *IdentifyClaim) Sent(ctx context.Context) error {
 // spends the budget. It sleeps exactly until the database says the slot opens.
 func (l *IdentifyLimiter) Acquire(ctx context.Context, shardID int) (*IdentifyClaim, error) {
 	start := time.Now()
+	if turn := l.turn(shardID); turn != nil {
+		select {
+		case <-turn:
+			defer func() { turn <- struct{}{} }()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	lowLogged := false
 	for {
 		c, wait, low, err := l.try(ctx, shardID)
@@ -227,6 +244,24 @@ func (l *IdentifyLimiter) Acquire(ctx context.Context, shardID int) (*IdentifyCl
 		case <-t.C:
 		}
 	}
+}
+
+// turn is the token for shardID's bucket on this replica (nil until the bucket
+// count is known: the first claim reads it).
+func (l *IdentifyLimiter) turn(shardID int) chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.mc <= 0 {
+		return nil
+	}
+	b := shardID % l.mc
+	t, ok := l.bucketTurns[b]
+	if !ok {
+		t = make(chan struct{}, 1)
+		t <- struct{}{}
+		l.bucketTurns[b] = t
+	}
+	return t
 }
 
 func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *IdentifyClaim, wait time.Duration, low bool, err error) {
@@ -259,6 +294,11 @@ func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *Identify
 	}
 	l.low.Set(0)
 
+	l.mu.Lock()
+	if l.mc != mc { // Discord changed max_concurrency: new buckets, new turns
+		l.mc, l.bucketTurns = mc, map[int]chan struct{}{}
+	}
+	l.mu.Unlock()
 	bucket := shardID % mc
 	var claimed bool
 	var nextIn float64
