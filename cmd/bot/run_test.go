@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/shardwarden/shardwarden/internal/bus"
 	"github.com/shardwarden/shardwarden/internal/fakediscord"
 	"github.com/shardwarden/shardwarden/internal/health"
+	"github.com/shardwarden/shardwarden/internal/logging/logtest"
 	"github.com/shardwarden/shardwarden/internal/natstest"
 	"github.com/shardwarden/shardwarden/internal/pgtest"
 )
@@ -79,24 +78,6 @@ func TestRunRejectedTokenIsAConfigError(t *testing.T) {
 	require.NotContains(t, errOut, "a-wrong-token")
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's goroutines and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestRunHoldsShardsFillsTheStreamAndHandsOverOnStop(t *testing.T) {
 	clearRunEnv(t)
 	const token = "Mz-very-secret-bot-token.ABCDEF.do-not-log"
@@ -124,7 +105,7 @@ func TestRunHoldsShardsFillsTheStreamAndHandsOverOnStop(t *testing.T) {
 	t.Setenv("LOG_FORMAT", "json")
 	t.Setenv("LOG_LEVEL", "debug")
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,26 +18,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/shardwarden/shardwarden/internal/config"
+	"github.com/shardwarden/shardwarden/internal/logging/logtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func noEnv(string) string { return "" }
 
@@ -69,7 +52,7 @@ func TestRunBadConfig(t *testing.T) {
 func TestRunServesAndStops(t *testing.T) {
 	info := filepath.Join(t.TempDir(), "info.json")
 	ctx, cancel := context.WithCancel(t.Context())
-	var stdout syncBuffer
+	var stdout logtest.Buffer
 	env := func(k string) string {
 		if k == "FAKEDISCORD_SHARDS" {
 			return "3"

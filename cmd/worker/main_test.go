@@ -29,6 +29,7 @@ import (
 	"github.com/shardwarden/shardwarden/internal/discordrest/resttest"
 	"github.com/shardwarden/shardwarden/internal/fakediscord"
 	"github.com/shardwarden/shardwarden/internal/health"
+	"github.com/shardwarden/shardwarden/internal/logging/logtest"
 	"github.com/shardwarden/shardwarden/internal/natstest"
 	"github.com/shardwarden/shardwarden/internal/pgtest"
 	"github.com/shardwarden/shardwarden/internal/worker"
@@ -56,24 +57,6 @@ func (e env) list() []string {
 		out = append(out, k+"="+v)
 	}
 	return out
-}
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type bundle struct {
@@ -239,7 +222,7 @@ func TestVersion(t *testing.T) {
 // CLI, SIGTERM-style drain on cancel, and the token in no log line.
 func TestRunCommandsAndGuilds(t *testing.T) {
 	b := setup(t)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"run", "commands", "guilds"}, b.env.get, io.Discard, logs) }()
@@ -371,14 +354,14 @@ func workerBinary(t *testing.T) string {
 
 type proc struct {
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 	exited chan struct{} // closed when the process has exited; err is then set
 	err    error
 }
 
 func startProcess(t *testing.T, e env, names ...string) *proc {
 	t.Helper()
-	p := &proc{logs: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{logs: &logtest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(workerBinary(t), append([]string{"run"}, names...)...)
 	p.cmd.Env = e.list()
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

@@ -16,6 +16,7 @@ import (
 
 	"github.com/shardwarden/shardwarden/internal/bus"
 	"github.com/shardwarden/shardwarden/internal/natstest"
+	"github.com/shardwarden/shardwarden/internal/promtest"
 )
 
 func TestMain(m *testing.M) {
@@ -211,21 +212,7 @@ func TestPublisherConfigValidation(t *testing.T) {
 
 func errorCount(t testing.TB, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "shardwarden_bus_publish_errors_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return promtest.Value(t, reg, "shardwarden_bus_publish_errors_total", "reason", reason)
 }
 
 // BenchmarkPublishOneShard measures the publish throughput of one shard's

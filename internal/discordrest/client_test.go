@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/shardwarden/shardwarden/internal/discordrest"
+	"github.com/shardwarden/shardwarden/internal/promtest"
 )
 
 func TestMain(m *testing.M) {
@@ -234,27 +235,11 @@ func TestConfig(t *testing.T) {
 
 func value(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, l := range m.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue next
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
+	var pairs []string
+	for k, v := range labels {
+		pairs = append(pairs, k, v)
 	}
-	t.Fatalf("no %s%v", name, labels)
-	return 0
+	return promtest.Value(t, reg, name, pairs...)
 }
 
 func TestTransportErrorsHideInteractionTokens(t *testing.T) {

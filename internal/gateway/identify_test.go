@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shardwarden/shardwarden/internal/pgtest"
+	"github.com/shardwarden/shardwarden/internal/promtest"
 )
 
 func newLimiter(t *testing.T, pool *pgxpool.Pool, replica string, window time.Duration, reserve int) (*IdentifyLimiter, *prometheus.Registry) {
@@ -144,36 +145,7 @@ func TestIdentifyLimiterValidation(t *testing.T) {
 
 func gaugeValue(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, l := range m.GetLabel() {
-					if l.GetName() == labels[i] && l.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			switch {
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return 0
+	return promtest.Value(t, reg, name, labels...)
 }
 
 // A claim reserves its bucket for the longest it may wait before sending (its

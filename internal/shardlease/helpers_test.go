@@ -1,7 +1,6 @@
 package shardlease_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,12 +13,13 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/shardwarden/shardwarden/internal/faultproxy"
+	"github.com/shardwarden/shardwarden/internal/logging/logtest"
 	"github.com/shardwarden/shardwarden/internal/pgtest"
+	"github.com/shardwarden/shardwarden/internal/promtest"
 	"github.com/shardwarden/shardwarden/internal/shardlease"
 )
 
@@ -55,7 +55,7 @@ type replica struct {
 	reg   *prometheus.Registry
 	pool  *pgxpool.Pool
 	proxy *faultproxy.Proxy // nil when connected directly
-	logs  *syncBuffer
+	logs  *logtest.Buffer
 }
 
 type replicaOpts struct {
@@ -80,7 +80,7 @@ func (c *cluster) create(id string, o replicaOpts) *replica {
 	t := c.t
 	t.Helper()
 	url := c.db.URL
-	r := &replica{id: id, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	r := &replica{id: id, reg: prometheus.NewRegistry(), logs: &logtest.Buffer{}}
 	if o.proxied {
 		up, err := faultproxy.UpstreamOf(url)
 		require.NoError(t, err)
@@ -130,42 +130,7 @@ func cmpOr(v, def int) int {
 // match labels), or the sample count of a histogram.
 func (r *replica) metric(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	families, err := r.reg.Gather()
-	require.NoError(t, err)
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				if !hasLabel(m, labels[i], labels[i+1]) {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			}
-		}
-		return sum
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
-}
-
-func hasLabel(m *dto.Metric, k, v string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == k && l.GetValue() == v {
-			return true
-		}
-	}
-	return false
+	return promtest.Value(t, r.reg, name, labels...)
 }
 
 // waitFor polls cond until it holds or the deadline passes, then fails with the
@@ -229,24 +194,6 @@ func dbOwners(t *testing.T, pool *pgxpool.Pool) map[int]string {
 	}
 	require.NoError(t, rows.Err())
 	return out
-}
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // runBody is what a test Runner does with a lease; nil means "drive until the

@@ -18,6 +18,7 @@ import (
 
 	"github.com/shardwarden/shardwarden/internal/bus"
 	"github.com/shardwarden/shardwarden/internal/natstest"
+	"github.com/shardwarden/shardwarden/internal/promtest"
 	"github.com/shardwarden/shardwarden/internal/worker"
 )
 
@@ -96,28 +97,7 @@ func cmpOr[T comparable](a, b T) T {
 
 func metric(t testing.TB, reg *prometheus.Registry, name, workerName string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "worker" && l.GetValue() == workerName {
-					switch {
-					case m.Counter != nil:
-						return m.Counter.GetValue()
-					case m.Gauge != nil:
-						return m.Gauge.GetValue()
-					case m.Histogram != nil:
-						return float64(m.Histogram.GetSampleCount())
-					}
-				}
-			}
-		}
-	}
-	return -1
+	return promtest.Value(t, reg, name, "worker", workerName)
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {

@@ -21,6 +21,7 @@ import (
 	"github.com/shardwarden/shardwarden/internal/idempotency"
 	"github.com/shardwarden/shardwarden/internal/natstest"
 	"github.com/shardwarden/shardwarden/internal/pgtest"
+	"github.com/shardwarden/shardwarden/internal/promtest"
 	"github.com/shardwarden/shardwarden/internal/worker"
 	"github.com/shardwarden/shardwarden/internal/workers/commands"
 )
@@ -101,14 +102,7 @@ func callbackPath(id string) string {
 
 func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	return 0
+	return promtest.Value(t, reg, name)
 }
 
 func TestRegistersSlashCommands(t *testing.T) {
