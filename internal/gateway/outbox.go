@@ -174,6 +174,14 @@ func (o *outbox) take() *bus.Event {
 	return nil
 }
 
+// failingNow reports whether a publish failed since backingOff last cleared it,
+// without clearing it.
+func (o *outbox) failingNow() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.failing
+}
+
 // backingOff reports (and clears) that a publish failed since the last call.
 func (o *outbox) backingOff() bool {
 	o.mu.Lock()

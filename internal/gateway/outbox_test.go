@@ -128,3 +128,16 @@ func TestOutboxChunksFollowTheBacklog(t *testing.T) {
 	pushTakeAck(3 * chunkSize)
 	require.Equal(t, seq, o.acked("s"))
 }
+
+// The publish loop peeks at a failure (to keep backing off) without consuming it:
+// only backingOff clears it, so every failure is followed by its backoff.
+func TestOutboxFailurePeekDoesNotConsume(t *testing.T) {
+	o := newOutbox(4, "s", 0)
+	require.True(t, o.push(bus.Event{Session: "s", Seq: 1}))
+	o.done(o.take(), errors.New("nats down"))
+	require.True(t, o.failingNow())
+	require.True(t, o.failingNow(), "peeking leaves the failure for backingOff")
+	require.True(t, o.backingOff())
+	require.False(t, o.failingNow())
+	require.False(t, o.backingOff())
+}

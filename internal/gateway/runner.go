@@ -427,7 +427,9 @@ func (sh *shard) publishLoop(leaseCtx, pubCtx context.Context) {
 				sh.report()
 			}
 		}
-		if backoff > 0 && !sh.ob.backingOff() {
+		// Reset only after a round without failure; the flag itself is left for
+		// the next round's check, so a failure is always followed by its backoff.
+		if backoff > 0 && !sh.ob.failingNow() {
 			backoff = 0
 		}
 	}
