@@ -59,7 +59,7 @@ func (d *dbSettings) bind(l *config.Loader) {
 			return nil // reported as missing by Secret
 		}
 		if _, err := pgxpool.ParseConfig(d.URL); err != nil {
-			return config.Invalid("DATABASE_URL", "not a Postgres connection string: %v", redact(err, d.URL))
+			return config.Invalid("DATABASE_URL", "not a Postgres connection string: %v", logging.RedactURL(err, d.URL))
 		}
 		return nil
 	})
@@ -67,10 +67,8 @@ func (d *dbSettings) bind(l *config.Loader) {
 
 // secrets are the parts of the URL a log line must never show.
 func (d dbSettings) secrets() []string {
-	if u, err := url.Parse(d.URL); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok {
-			return []string{p}
-		}
+	if p := logging.URLPassword(d.URL); p != "" {
+		return []string{p}
 	}
 	return nil
 }
@@ -80,20 +78,20 @@ func (d dbSettings) secrets() []string {
 func (d dbSettings) openPool(ctx context.Context, appName string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(d.URL)
 	if err != nil {
-		return nil, config.Invalid("DATABASE_URL", "not a Postgres connection string: %v", redact(err, d.URL))
+		return nil, config.Invalid("DATABASE_URL", "not a Postgres connection string: %v", logging.RedactURL(err, d.URL))
 	}
 	if _, set := cfg.ConnConfig.RuntimeParams["application_name"]; !set {
 		cfg.ConnConfig.RuntimeParams["application_name"] = appName
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("database: %w", redact(err, d.URL))
+		return nil, fmt.Errorf("database: %w", logging.RedactURL(err, d.URL))
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect to database %s: %w", hostOf(d.URL), redact(err, d.URL))
+		return nil, fmt.Errorf("connect to database %s: %w", hostOf(d.URL), logging.RedactURL(err, d.URL))
 	}
 	return pool, nil
 }
@@ -195,23 +193,6 @@ func parse(l *config.Loader, args []string) error {
 		return &config.Error{Var: "flags", Reason: err.Error()}
 	}
 	return err
-}
-
-// redact removes the connection string (and its password) from err's text.
-func redact(err error, dbURL string) error {
-	msg := err.Error()
-	if dbURL != "" {
-		msg = strings.ReplaceAll(msg, dbURL, "[DATABASE_URL]")
-	}
-	if u, perr := url.Parse(dbURL); perr == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, "[REDACTED]")
-		}
-	}
-	if msg == err.Error() {
-		return err
-	}
-	return fmt.Errorf("%s", msg)
 }
 
 // hostOf is the host:port of a connection URL, for error messages.

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,12 +156,7 @@ func buildEventLog(_ context.Context, name string, d deps) (built, error) {
 }
 
 func newLogger(stderr io.Writer, s *settings) (*slog.Logger, error) {
-	secrets := []string{s.Token}
-	if u, err := url.Parse(s.DatabaseURL); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok {
-			secrets = append(secrets, p)
-		}
-	}
+	secrets := []string{s.Token, logging.URLPassword(s.DatabaseURL)}
 	logger, err := logging.New(stderr, logging.Options{Format: s.LogFormat, Level: s.LogLevel, Secrets: secrets})
 	if err != nil {
 		if strings.Contains(err.Error(), "level") {
@@ -216,7 +209,7 @@ func runWorkers(ctx context.Context, args []string, getenv func(string) string, 
 
 	pool, err := pgxpool.New(ctx, s.DatabaseURL)
 	if err != nil {
-		return config.Invalid("DATABASE_URL", "%v", redact(err, s.DatabaseURL))
+		return config.Invalid("DATABASE_URL", "%v", logging.RedactURL(err, s.DatabaseURL))
 	}
 	defer pool.Close()
 	if s.MigrateOnBoot {
@@ -373,17 +366,6 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// redact removes a connection string's password from an error.
-func redact(err error, connURL string) error {
-	msg := err.Error()
-	if u, perr := url.Parse(connURL); perr == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, "[REDACTED]")
-		}
-	}
-	return errors.New(msg)
 }
 
 func healthcheck(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {

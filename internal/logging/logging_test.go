@@ -45,3 +45,17 @@ func TestLevelFilters(t *testing.T) {
 	require.NotContains(t, buf.String(), "quiet")
 	require.Contains(t, buf.String(), "loud")
 }
+
+func TestRedactURL(t *testing.T) {
+	const dsn = "postgres://bot:s3cr3t-pw@db:5432/shardwarden"
+	require.Equal(t, "s3cr3t-pw", logging.URLPassword(dsn))
+	require.Empty(t, logging.URLPassword("postgres://db/x"))
+	require.Empty(t, logging.URLPassword("::not a url"))
+
+	err := logging.RedactURL(errors.New("cannot parse `"+dsn+"`: bad port"), dsn)
+	require.Equal(t, "cannot parse `[DATABASE_URL]`: bad port", err.Error())
+	err = logging.RedactURL(errors.New("auth failed for password s3cr3t-pw"), dsn)
+	require.Equal(t, "auth failed for password [REDACTED]", err.Error())
+	plain := errors.New("connection refused")
+	require.Same(t, plain, logging.RedactURL(plain, dsn), "nothing to take out: the error itself")
+}
