@@ -25,6 +25,12 @@ func TestEventSubject(t *testing.T) {
 	}
 }
 
+func TestMsgID(t *testing.T) {
+	require.Equal(t, "3:sess:42", bus.MsgID(3, "sess", 42))
+	require.Equal(t, "0:a:b:0", bus.MsgID(0, "a:b", 0))
+	require.Equal(t, "-1::-7", bus.MsgID(-1, "", -7))
+}
+
 func TestEnsureStreamsIdempotentAndDedups(t *testing.T) {
 	nc := natstest.Connect(t, natstest.InProcess(t))
 	js, err := jetstream.New(nc)
