@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -56,6 +57,8 @@ type benchRun struct {
 	pool  *pgxpool.Pool
 	drop  func()
 	start time.Time // when the bots were launched
+	// natsProfileAddr serves nats-server's /debug/pprof when the bench profiles.
+	natsProfileAddr string
 }
 
 func (b *bench) startRun(ctx context.Context, name string, o localcluster.Options) (*benchRun, error) {
@@ -70,6 +73,14 @@ func (b *bench) startRun(ctx context.Context, name string, o localcluster.Option
 		return nil, err
 	}
 	r := &benchRun{drop: drop, start: time.Now()}
+	if b.profileDir != "" {
+		if r.natsProfileAddr, err = localcluster.FreeAddr(); err != nil {
+			drop()
+			return nil, err
+		}
+		_, port, _ := net.SplitHostPort(r.natsProfileAddr)
+		o.NATSArgs = append(o.NATSArgs, "--profile", port)
+	}
 	if r.Cluster, err = localcluster.Start(ctx, o); err != nil {
 		drop()
 		return nil, err

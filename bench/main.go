@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	quick := fs.Bool("quick", false, "smaller runs (under 5 minutes)")
 	only := fs.String("only", "", "run only this part: nats, pipeline, handoff, failover, scale")
 	keep := fs.Bool("keep", false, "keep the processes' logs (the working directory is printed)")
-	profile := fs.String("profile", "", "write CPU profiles of the bot and the fake during the full-rate pipeline to this directory")
+	profile := fs.String("profile", "", "write CPU profiles of the bot and nats-server during the pipeline, and heap profiles at scale, to this directory")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -134,6 +134,7 @@ type consumer struct {
 	mu       sync.Mutex
 	arrived  map[uint64]time.Time
 	received map[uint64]time.Time // the gateway's receive time (header)
+	stored   map[uint64]time.Time // JetStream's store time (metadata)
 	last     atomic.Int64         // unix nanos of the latest handled event
 }
 
@@ -151,7 +152,7 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 		nc.Close()
 		return nil, err
 	}
-	c := &consumer{nc: nc, arrived: map[uint64]time.Time{}, received: map[uint64]time.Time{}}
+	c := &consumer{nc: nc, arrived: map[uint64]time.Time{}, received: map[uint64]time.Time{}, stored: map[uint64]time.Time{}}
 	c.w, err = worker.New(worker.Config{
 		Name:           "bench",
 		FilterSubjects: []string{bus.EventsSubjects},
@@ -166,6 +167,7 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 				if _, seen := c.arrived[id]; !seen {
 					c.arrived[id] = now
 					c.received[id] = m.ReceivedAt
+					c.stored[id] = m.StoredAt
 				}
 				c.mu.Unlock()
 			}
@@ -215,14 +217,20 @@ func (b *bench) pipeline(ctx context.Context) error {
 	// dispatch time (ledger) to the handler's arrival time, same machine clock.
 	// Let READY and GUILD_CREATEs drain first.
 	time.Sleep(2 * time.Second)
+	latMeter := newCPUMeter(map[string]int{"fakediscord": r.Fake.PID(), "bot": r.Bots()[0].Proc.PID(),
+		"nats-server": r.NATS.PID(), "consumer": os.Getpid()})
 	phase := time.Now()
 	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 1000, PayloadSize: 1024, Duration: latencyFor.String()}); err != nil {
 		return err
 	}
+	if b.profileDir != "" {
+		go b.cpuProfile(ctx, "http://"+r.natsProfileAddr, "nats-server-latency.pprof", latencyFor/2)
+	}
 	time.Sleep(latencyFor)
+	b.note("latency phase CPU: %s", latMeter)
 	// Every event of the phase must have arrived: leaving out the slow ones would
 	// flatter the tail.
-	var lat, toBot, toWorker []time.Duration
+	var lat, toBot, toStore, toWorker []time.Duration
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var sent []fakediscord.Event
@@ -233,13 +241,13 @@ func (b *bench) pipeline(ctx context.Context) error {
 		}); err != nil {
 			return err
 		}
-		lat, toBot, toWorker = lat[:0], toBot[:0], toWorker[:0]
+		lat, toBot, toStore, toWorker = lat[:0], toBot[:0], toStore[:0], toWorker[:0]
 		c.mu.Lock()
 		for _, e := range sent {
 			if at, ok := c.arrived[e.ID]; ok {
 				lat = append(lat, at.Sub(e.At))
-				if rcv := c.received[e.ID]; !rcv.IsZero() {
-					toBot, toWorker = append(toBot, rcv.Sub(e.At)), append(toWorker, at.Sub(rcv))
+				if rcv, st := c.received[e.ID], c.stored[e.ID]; !rcv.IsZero() && !st.IsZero() {
+					toBot, toStore, toWorker = append(toBot, rcv.Sub(e.At)), append(toStore, st.Sub(rcv)), append(toWorker, at.Sub(st))
 				}
 			}
 		}
@@ -255,8 +263,9 @@ func (b *bench) pipeline(ctx context.Context) error {
 	if len(lat) < 100 {
 		return fmt.Errorf("latency: only %d events matched", len(lat))
 	}
-	b.note("latency: %d events at 1,000/s; fake→bot p50 %s p99 %s, bot→worker p50 %s p99 %s", len(lat),
-		percentile(toBot, 0.5), percentile(toBot, 0.99), percentile(toWorker, 0.5), percentile(toWorker, 0.99))
+	b.note("latency: %d events at 1,000/s; p50/p99 fake→bot %s/%s, bot→stored %s/%s, stored→handler %s/%s", len(lat),
+		percentile(toBot, 0.5), percentile(toBot, 0.99), percentile(toStore, 0.5), percentile(toStore, 0.99),
+		percentile(toWorker, 0.5), percentile(toWorker, 0.99))
 	b.add("e2e_latency_p50_ms", ms(percentile(lat, 0.50)), "ms")
 	b.add("e2e_latency_p99_ms", ms(percentile(lat, 0.99)), "ms")
 	// Then throughput: the fake at full rate.
@@ -271,6 +280,7 @@ func (b *bench) pipeline(ctx context.Context) error {
 	}
 	if b.profileDir != "" {
 		go b.cpuProfile(ctx, "http://"+r.Bots()[0].HealthAddr, "bot-pipeline.pprof", 2*time.Second)
+		go b.cpuProfile(ctx, "http://"+r.natsProfileAddr, "nats-server-pipeline.pprof", 2*time.Second)
 	}
 	deadline = time.Now().Add(5 * time.Minute)
 	for c.handled.Load()-base < events {
@@ -397,3 +407,4 @@ func (b *bench) saveProfile(ctx context.Context, url, name string) {
 	}
 	b.note("profile: wrote %s", filepath.Join(b.profileDir, name))
 }
+

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/shardwarden/shardwarden/internal/localcluster"
@@ -183,6 +184,7 @@ func (b *bench) scale(ctx context.Context) error {
 	}
 	b.note("cold start: %d shards READY in %s; identify limit allows %s at best (%d buckets, %s window, %s margin)",
 		shards, cold.Round(time.Millisecond), minimum, maxConcurrency, window, margin)
+	b.note("cold start: %s", identifyPacing(first, maxConcurrency, window, r.start))
 	b.add("cold_start_ratio_to_identify_limit", cold.Seconds()/minimum.Seconds(), "ratio")
 	b.add("cold_start_identify_violations", float64(violations), "count")
 
@@ -223,6 +225,30 @@ func (b *bench) scale(ctx context.Context) error {
 	b.note("statements: %d in %s from %d replicas (%s heartbeat)", calls, window10, replicas, hb)
 	b.add("pg_statements_per_replica_heartbeat", float64(calls)/heartbeats, "statements")
 	return nil
+}
+
+// identifyPacing says where a cold start's time went: until the first IDENTIFY,
+// and how far apart consecutive IDENTIFYs of one bucket were beyond the window.
+func identifyPacing(first map[int]time.Time, buckets int, window time.Duration, launched time.Time) string {
+	byBucket := make([][]time.Time, buckets)
+	earliest := time.Time{}
+	for shard, t := range first {
+		byBucket[shard%buckets] = append(byBucket[shard%buckets], t)
+		if earliest.IsZero() || t.Before(earliest) {
+			earliest = t
+		}
+	}
+	var over []time.Duration
+	for _, ts := range byBucket {
+		slices.SortFunc(ts, time.Time.Compare)
+		for i := 1; i < len(ts); i++ {
+			over = append(over, ts[i].Sub(ts[i-1])-window)
+		}
+	}
+	return fmt.Sprintf("first IDENTIFY %s after launch; gap beyond the window between a bucket's IDENTIFYs p10 %s p50 %s p90 %s max %s",
+		earliest.Sub(launched).Round(time.Millisecond), percentile(over, 0.1).Round(time.Millisecond),
+		percentile(over, 0.5).Round(time.Millisecond), percentile(over, 0.9).Round(time.Millisecond),
+		percentile(over, 1).Round(time.Millisecond))
 }
 
 func sumRSS(r *benchRun) (int64, error) {

@@ -57,6 +57,7 @@ type Options struct {
 	ProxyDB        bool    // each bot reaches Postgres through its own fault proxy
 	ProxyNATS      bool    // each bot reaches NATS through its own fault proxy
 	FakeArgs       []string
+	NATSArgs       []string // extra nats-server flags (the benchmark's --profile)
 	// RealDiscordToken runs the bots and workers against real Discord instead of the
 	// fake (the demo with DISCORD_TOKEN set). Never logged.
 	RealDiscordToken string
@@ -139,7 +140,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	host, port, _ := net.SplitHostPort(natsAddr)
 	c.NATSURL = "nats://" + natsAddr
 	storeDir := filepath.Join(o.Dir, "nats")
-	if c.NATS, err = sup.Start("nats-server", o.Bins.NATSServer, []string{"-a", host, "-p", port, "-js", "-sd", storeDir}); err != nil {
+	if c.NATS, err = sup.Start("nats-server", o.Bins.NATSServer, append([]string{"-a", host, "-p", port, "-js", "-sd", storeDir}, o.NATSArgs...)); err != nil {
 		return nil, err
 	}
 	if err := waitTCP(ctx, natsAddr); err != nil {

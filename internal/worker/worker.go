@@ -36,6 +36,8 @@ type Message struct {
 	Delivery int
 	// ReceivedAt is the gateway's receive time; zero when the header is missing.
 	ReceivedAt time.Time
+	// StoredAt is when JetStream stored this copy (the server's clock).
+	StoredAt time.Time
 }
 
 // Handler handles one event. It must be idempotent (see internal/idempotency): a
@@ -458,6 +460,7 @@ func (w *Worker) handle(msg jetstream.Msg) {
 		Header:    h,
 		StreamSeq: bus.OriginalStreamSeq(h, meta.Sequence.Stream),
 		Delivery:  int(meta.NumDelivered),
+		StoredAt:  meta.Timestamp,
 	}
 	if m.ID == "" {
 		// Without an id idempotency has nothing to key on; the stream position is
