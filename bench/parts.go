@@ -407,4 +407,3 @@ func (b *bench) saveProfile(ctx context.Context, url, name string) {
 	}
 	b.note("profile: wrote %s", filepath.Join(b.profileDir, name))
 }
-
