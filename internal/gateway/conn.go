@@ -232,7 +232,7 @@ func (c *conn) Send(ctx context.Context, b []byte) error {
 			return err
 		}
 		sh.m.identifies.Inc()
-		sh.log.InfoContext(ctx, "identify sent")
+		sh.log.InfoContext(ctx, "identify sent", slog.Duration("since_claim", time.Since(claim.claimedAt)))
 		sentCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := claim.Sent(sentCtx); err != nil {

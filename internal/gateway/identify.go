@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -55,7 +54,7 @@ type IdentifyLimiter struct {
 
 	// Shards of one bucket on this replica take turns at the database: only one of
 	// them polls for the bucket's next slot, instead of every waiting shard waking
-	// at the same instant and queueing on the budget row's lock.
+	// at the same instant and queueing on the bucket row's lock.
 	mu          sync.Mutex
 	bucketTurns map[int]chan struct{} // a token per bucket, taken while polling
 	mc          int                   // max_concurrency as last read
@@ -188,7 +187,8 @@ func (c *IdentifyClaim) Sent(ctx context.Context) error {
 	err := c.l.pool.QueryRow(ctx, `
 		WITH bucket AS (
 		    UPDATE discord_identify_buckets
-		    SET next_allowed_at = least(next_allowed_at, clock_timestamp() + make_interval(secs => $2))
+		    SET next_allowed_at = least(next_allowed_at, clock_timestamp() + make_interval(secs => $2)),
+		        last_sent_at = clock_timestamp()
 		    WHERE bucket = $1 AND last_claimed_at = $3 AND last_shard_id = $4 AND last_replica_id = $5)
 		UPDATE discord_identify_budget
 		SET remaining = CASE WHEN reset_at <= clock_timestamp() THEN total ELSE remaining END - 1,
@@ -264,71 +264,82 @@ func (l *IdentifyLimiter) turn(shardID int) chan struct{} {
 	return t
 }
 
+// try claims shardID's bucket if its slot is open and the budget is above the
+// reserve, in one statement: the UPDATE's row lock on the bucket serialises the
+// replicas racing for it, and nothing cluster-wide is locked, so the sixteen
+// buckets' rounds never queue behind each other.
+//
+// The budget is read, not locked: a claim does not spend it (Sent does), so a
+// lock would not make the check stricter. What the check allows beyond the
+// reserve is bounded by the claims not yet sent, at most one per bucket.
 func (l *IdentifyLimiter) try(ctx context.Context, shardID int) (claim *IdentifyClaim, wait time.Duration, low bool, err error) {
-	tx, err := l.pool.BeginTx(ctx, pgx.TxOptions{})
+	var (
+		remaining, mc      *int
+		resetIn            float64
+		claimed, unsent    bool
+		nextIn, earliestIn float64
+		at                 time.Time
+	)
+	err = l.pool.QueryRow(ctx, `
+		WITH budget AS (
+		    SELECT CASE WHEN reset_at <= clock_timestamp() THEN total ELSE remaining END AS remaining,
+		           max_concurrency AS mc,
+		           extract(epoch FROM reset_at - clock_timestamp())::float8 AS reset_in
+		    FROM discord_identify_budget WHERE singleton),
+		claim AS (
+		    UPDATE discord_identify_buckets b
+		    SET next_allowed_at = clock_timestamp() + make_interval(secs => $2),
+		        last_shard_id = $1, last_replica_id = $3, last_claimed_at = clock_timestamp()
+		    FROM budget
+		    WHERE b.bucket = $1 % budget.mc AND budget.remaining > $4 AND b.next_allowed_at <= clock_timestamp()
+		    RETURNING b.last_claimed_at),
+		cur AS (
+		    SELECT extract(epoch FROM next_allowed_at - clock_timestamp())::float8 AS next_in,
+		           last_sent_at IS NULL OR last_sent_at < last_claimed_at AS unsent,
+		           extract(epoch FROM last_claimed_at + make_interval(secs => $5) - clock_timestamp())::float8 AS earliest_in
+		    FROM discord_identify_buckets, budget WHERE bucket = $1 % budget.mc)
+		SELECT (SELECT remaining FROM budget), (SELECT mc FROM budget), coalesce((SELECT reset_in FROM budget), 0),
+		       EXISTS (SELECT 1 FROM claim), coalesce((SELECT last_claimed_at FROM claim), clock_timestamp()),
+		       coalesce((SELECT next_in FROM cur), 0), coalesce((SELECT unsent FROM cur), false),
+		       coalesce((SELECT earliest_in FROM cur), 0)`,
+		shardID, (l.validity()+l.cfg.Window+l.cfg.Margin).Seconds(), l.cfg.ReplicaID, l.cfg.Reserve,
+		(l.cfg.Window+l.cfg.Margin).Seconds()).Scan(&remaining, &mc, &resetIn, &claimed, &at, &nextIn, &unsent, &earliestIn)
 	if err != nil {
-		return nil, 0, false, fmt.Errorf("identify claim: %w", err)
+		return nil, 0, false, fmt.Errorf("identify claim, shard %d: %w", shardID, err)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-
-	// The budget row lock serialises claims cluster-wide; nobody holds it while
-	// waiting.
-	var remaining, mc int
-	var expired bool
-	var resetIn float64
-	err = tx.QueryRow(ctx, `
-		SELECT CASE WHEN reset_at <= clock_timestamp() THEN total ELSE remaining END,
-		       max_concurrency, reset_at <= clock_timestamp(),
-		       extract(epoch FROM reset_at - clock_timestamp())::float8
-		FROM discord_identify_budget WHERE singleton FOR UPDATE`).Scan(&remaining, &mc, &expired, &resetIn)
-	if errors.Is(err, pgx.ErrNoRows) {
+	if remaining == nil || mc == nil {
 		return nil, 0, false, ErrBudgetUnknown
 	}
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("identify claim: read budget: %w", err)
-	}
-	l.remaining.Set(float64(remaining))
-	if remaining <= l.cfg.Reserve {
+	l.remaining.Set(float64(*remaining))
+	if *remaining <= l.cfg.Reserve {
 		l.low.Set(1)
-		return nil, secs(resetIn), true, tx.Commit(ctx)
+		return nil, secs(resetIn), true, nil
 	}
 	l.low.Set(0)
-
 	l.mu.Lock()
-	if l.mc != mc { // Discord changed max_concurrency: new buckets, new turns
-		l.mc, l.bucketTurns = mc, map[int]chan struct{}{}
+	if l.mc != *mc { // Discord changed max_concurrency: new buckets, new turns
+		l.mc, l.bucketTurns = *mc, map[int]chan struct{}{}
 	}
 	l.mu.Unlock()
-	bucket := shardID % mc
-	var claimed bool
-	var nextIn float64
-	var at time.Time
-	err = tx.QueryRow(ctx, `
-		WITH claim AS (
-		    UPDATE discord_identify_buckets
-		    SET next_allowed_at = clock_timestamp() + make_interval(secs => $2),
-		        last_shard_id = $3, last_replica_id = $4, last_claimed_at = clock_timestamp()
-		    WHERE bucket = $1 AND next_allowed_at <= clock_timestamp()
-		    RETURNING last_claimed_at)
-		SELECT EXISTS (SELECT 1 FROM claim), coalesce((SELECT last_claimed_at FROM claim), clock_timestamp()),
-		       coalesce((SELECT extract(epoch FROM next_allowed_at - clock_timestamp())::float8
-		                 FROM discord_identify_buckets WHERE bucket = $1), 0)`,
-		bucket, (l.validity()+l.cfg.Window+l.cfg.Margin).Seconds(), shardID, l.cfg.ReplicaID).Scan(&claimed, &at, &nextIn)
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("identify claim: bucket %d: %w", bucket, err)
-	}
+	bucket := shardID % *mc
 	if !claimed {
-		// The CTE's snapshot shows the row before any concurrent change: a
+		// The statement's snapshot shows the row before a concurrent claim; a
 		// missing row (limits stored before this bucket existed) waits briefly.
-		if err := tx.Commit(ctx); err != nil {
-			return nil, 0, false, fmt.Errorf("identify claim: commit: %w", err)
-		}
-		return nil, max(secs(nextIn), time.Millisecond), false, nil
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, 0, false, fmt.Errorf("identify claim: commit: %w", err)
+		return nil, l.retryIn(secs(nextIn), unsent, secs(earliestIn)), false, nil
 	}
 	return &IdentifyClaim{ClaimedAt: at, l: l, bucket: bucket, shardID: shardID, claimedAt: time.Now()}, 0, false, nil
+}
+
+// retryIn is how long a shard that lost the bucket sleeps before trying again.
+// While the last claim has not sent its IDENTIFY, next (its reservation) includes
+// the whole validity, which Sent gives back the moment the IDENTIFY is out: the
+// shard wakes when the window since the claim could end (earliest), then polls
+// every margin until the send is recorded or the reservation runs out.
+func (l *IdentifyLimiter) retryIn(next time.Duration, unsent bool, earliest time.Duration) time.Duration {
+	if unsent && next > earliest {
+		next = min(next, max(earliest, l.cfg.Margin))
+	}
+	return max(next, time.Millisecond)
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

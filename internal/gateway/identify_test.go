@@ -193,3 +193,38 @@ func TestIdentifyClaimReservesUntilItsSendIsKnown(t *testing.T) {
 	require.Equal(t, before, nextAllowed(), "the stale Sent left the current claim's reservation alone")
 	require.GreaterOrEqual(t, before.Sub(cc.ClaimedAt), reservation-time.Millisecond)
 }
+
+// A shard that lost the bucket to a claim still dialing must not sleep through
+// that claim's whole reservation: once the IDENTIFY is sent the bucket opens one
+// window (plus margin) after the send, and the waiter claims then.
+func TestIdentifyWaiterFollowsTheSendNotTheReservation(t *testing.T) {
+	db := pgtest.NewMigrated(t)
+	const window = time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, _ := newLimiter(t, pgtest.Pool(t, db.URL), "a", window, 10)
+	b, _ := newLimiter(t, pgtest.Pool(t, db.URL), "b", window, 10)
+	require.NoError(t, a.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 1}))
+	reservation := a.validity() + window + a.cfg.Margin
+
+	ca, err := a.Acquire(ctx, 0)
+	require.NoError(t, err)
+	got := make(chan *IdentifyClaim, 1)
+	go func() {
+		cb, err := b.Acquire(ctx, 1) // polls now, while a's claim is unsent
+		if err != nil {
+			t.Error(err)
+		}
+		got <- cb
+	}()
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, ca.Sent(ctx))
+	var sentAt time.Time
+	require.NoError(t, pgtest.Pool(t, db.URL).QueryRow(ctx, `SELECT last_sent_at FROM discord_identify_buckets WHERE bucket = 0`).Scan(&sentAt))
+
+	cb := <-got
+	require.NotNil(t, cb)
+	require.GreaterOrEqual(t, cb.ClaimedAt.Sub(sentAt), window+a.cfg.Margin, "b identified within a window of a's send")
+	require.Less(t, cb.ClaimedAt.Sub(ca.ClaimedAt), reservation-a.validity()/2,
+		"b slept through a's reservation although a had sent (claims %s apart)", cb.ClaimedAt.Sub(ca.ClaimedAt))
+}
