@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"testing"
 	"time"
@@ -54,7 +55,8 @@ func BenchmarkConsumeAck(b *testing.B) {
 			b.ResetTimer()
 			w, err := worker.New(worker.Config{
 				Name: "bench", FilterSubjects: []string{bus.EventsSubjects}, JetStream: js,
-				Registerer: prometheus.NewRegistry(), Concurrency: c.concurrency, PullBatch: c.batch,
+				Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler),
+				Concurrency: c.concurrency, PullBatch: c.batch,
 				MaxAckPending: 10000,
 				Handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {
 					return nil
