@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 )
@@ -36,6 +37,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 func (s *Server) adminRoutes(mux *http.ServeMux) {
+	// The fake's own profiles, for benchmarks that share the machine with it.
+	mux.HandleFunc("GET /admin/debug/pprof/profile", pprof.Profile)
+	mux.Handle("GET /admin/debug/pprof/heap", pprof.Handler("heap"))
 	get := func(path string, fn func(r *http.Request) (any, error)) {
 		mux.HandleFunc("GET /admin"+path, func(w http.ResponseWriter, r *http.Request) {
 			v, err := fn(r)
