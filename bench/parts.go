@@ -182,6 +182,7 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 		Name:           "bench",
 		FilterSubjects: []string{bus.EventsSubjects},
 		JetStream:      js,
+		DeliverPolicy:  jetstream.DeliverNewPolicy, // not the ingest round's events
 		Concurrency:    4,
 		PullBatch:      1000,
 		MaxAckPending:  20_000,
@@ -242,6 +243,11 @@ func (b *bench) pipeline(ctx context.Context) error {
 	}
 	defer r.close()
 	if err := r.waitReady(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	// Ingest alone first (no consumer yet): fake → bot → stored in JetStream. It
+	// separates what storing costs from what delivering and acknowledging add.
+	if err := b.ingestRound(ctx, r, events); err != nil {
 		return err
 	}
 	c, err := startConsumer(ctx, r.NATSURL)
@@ -316,6 +322,59 @@ func (b *bench) pipeline(ctx context.Context) error {
 		rates = append(rates, rate)
 	}
 	b.add("pipeline_events_per_s", median(rates), "events/s")
+	return nil
+}
+
+// ingestRound sends events at full rate with nobody consuming and reports the rate
+// at which JetStream stored them.
+func (b *bench) ingestRound(ctx context.Context, r *benchRun, events int64) error {
+	nc, err := nats.Connect(r.NATSURL)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second) // READY and GUILD_CREATEs stored
+	stream, err := js.Stream(ctx, bus.EventsStream)
+	if err != nil {
+		return err
+	}
+	stored := func() (uint64, error) {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.State.Msgs, nil
+	}
+	base, err := stored()
+	if err != nil {
+		return err
+	}
+	meter := newCPUMeter(map[string]int{"fakediscord": r.Fake.PID(), "bot": r.Bots()[0].Proc.PID(), "nats-server": r.NATS.PID()})
+	start := time.Now()
+	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 0, PayloadSize: 1024, Count: events}); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		n, err := stored()
+		if err != nil {
+			return err
+		}
+		if n-base >= uint64(events) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ingest: %d of %d events stored after 5 minutes", n-base, events)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.note("ingest alone: %d events stored in %s; CPU: %s", events, elapsed.Round(time.Millisecond), meter)
+	b.add("pipeline_ingest_events_per_s", float64(events)/elapsed.Seconds(), "events/s")
 	return nil
 }
 
