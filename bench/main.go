@@ -137,6 +137,13 @@ func (b *bench) derive() {
 	if ok1 && ok2 && n > 0 {
 		b.add("pipeline_ratio_vs_nats", p/n, "ratio")
 	}
+	// What nats bench's own publisher and consumer reach for a message that is
+	// stored, then delivered and acknowledged, one after the other on this machine.
+	if c, ok := get("nats_bench_consume_per_s"); ok && ok1 && ok2 && n > 0 && c > 0 {
+		both := 1 / (1/n + 1/c)
+		b.add("nats_bench_pub_then_consume_per_s", both, "msgs/s")
+		b.add("pipeline_ratio_vs_nats_pub_then_consume", p/both, "ratio")
+	}
 }
 
 func formatValue(v float64) string {

@@ -60,7 +60,7 @@ func (b *bench) natsBench(ctx context.Context) error {
 	}
 	// Each round gets its own stream: nats bench numbers its message ids from 1, and
 	// a second round into the same stream would be answered as duplicates.
-	var rates []float64
+	var rates, consumeRates []float64
 	for round := range rounds {
 		stream, subject := fmt.Sprintf("bench%d", round), fmt.Sprintf("bench%d.x", round)
 		// natscli v0.5.1's --create fails against server 2.12 (API level): create first.
@@ -77,13 +77,26 @@ func (b *bench) natsBench(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		b.note("nats bench js pub async --dedup: round %d: %d msgs of 1 KiB at %.0f msgs/s", round+1, msgs, rate)
-		rates = append(rates, rate)
+		// The other half of a pipeline, on the messages just stored: a durable
+		// consumer acknowledging each message.
+		consumeCSV := filepath.Join(sup.Dir, stream+"-consume.csv")
+		if _, err := cli("bench", "js", "consume", "--stream", stream, "--msgs", strconv.Itoa(msgs),
+			"--acks", "explicit", "--batch", "1000", "--no-progress", "--csv", consumeCSV); err != nil {
+			return err
+		}
+		consumeRate, err := csvMsgsPerSec(consumeCSV)
+		if err != nil {
+			return err
+		}
+		b.note("nats bench js pub async --dedup: round %d: %d msgs of 1 KiB at %.0f msgs/s; js consume (explicit acks) %.0f msgs/s",
+			round+1, msgs, rate, consumeRate)
+		rates, consumeRates = append(rates, rate), append(consumeRates, consumeRate)
 		if _, err := cli("stream", "rm", "-f", stream); err != nil {
 			return err
 		}
 	}
 	b.add("nats_bench_pub_per_s", median(rates), "msgs/s")
+	b.add("nats_bench_consume_per_s", median(consumeRates), "msgs/s")
 	return nil
 }
 
