@@ -62,7 +62,9 @@
 // ceil(shards / live)). A replica above its share for rebalanceTicks heartbeats in
 // a row (hysteresis: a passing disagreement about who is live does not move
 // anything) drains the excess, most recently claimed first, and does not claim
-// those shards back for one TTL; the NOTIFY sent with the release wakes the
+// those shards back for one TTL, unless a peer releases shards or leaves first
+// (the assignment changed; in a rolling update the replica that took them is
+// often the next one stopped); the NOTIFY sent with the release wakes the
 // under-loaded replicas, which claim at once. LISTEN uses a dedicated connection
 // outside the pool; notifications only wake replicas early, polling stays the
 // truth.

@@ -343,6 +343,7 @@ func (m *Manager) loop(ctx context.Context) {
 		case <-m.wake:
 		case <-m.notified:
 			if !shuttingDown {
+				m.liftRebalanceCooldowns()
 				m.scheduleClaim(time.Now().Add(m.cfg.Jitter(m.cfg.ClaimRetryDelay)))
 			}
 		case <-stopCh:
@@ -704,6 +705,20 @@ func (m *Manager) enforceDrainDeadlines(now time.Time) time.Time {
 		}
 	}
 	return next
+}
+
+// liftRebalanceCooldowns ends the cooldowns of shards handed off in a rebalance,
+// when a peer released shards or left: the assignment they made room for has
+// changed (in a rolling update the replica that took them is often the next one
+// stopped), and waiting out the cooldown would leave them unowned. The fair share
+// still decides whether this replica claims them. Cooldowns after a runner exit
+// keep their backoff.
+func (m *Manager) liftRebalanceCooldowns() {
+	for id, c := range m.cooldowns {
+		if c.failures == 0 {
+			delete(m.cooldowns, id)
+		}
+	}
 }
 
 // claimStep claims up to this replica's share and starts a runner per claimed

@@ -475,3 +475,23 @@ func TestMetricNames(t *testing.T) {
 		"shardwarden_lease_heartbeat_statements_total": "COUNTER",
 	}, got)
 }
+
+// A replica that handed shards to a newcomer takes them back as soon as that
+// newcomer leaves, instead of leaving them unowned for the rest of its rebalance
+// cooldown (in a rolling update the newcomer is often the next one stopped).
+func TestRebalancedShardsTakenBackWhenTheNewcomerLeaves(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	a := c.start("a", replicaOpts{shards: 8})
+	waitFor(t, 10*time.Second, "a holds every shard", func() (bool, string) { return balanced(8, a) })
+	b := c.start("b", replicaOpts{shards: 8})
+	waitFor(t, convergeWithin, "a and b balanced", func() (bool, string) {
+		ok, why := balanced(8, a, b)
+		return ok && len(b.m.Held()) == 4, why
+	})
+	b.m.Stop() // releases its four with a NOTIFY
+	start := time.Now()
+	waitFor(t, 10*time.Second, "a holds every shard again", func() (bool, string) { return balanced(8, a) })
+	require.Less(t, time.Since(start), testInterval, "a waited out its rebalance cooldown with b's shards unowned")
+	c.rec.check(t)
+}
