@@ -176,7 +176,7 @@ type consumer struct {
 	lastStored atomic.Int64         // unix nanos of the latest JetStream store time seen
 }
 
-func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
+func startConsumer(ctx context.Context, natsURL, name string, deliver jetstream.DeliverPolicy) (*consumer, error) {
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		return nil, err
@@ -192,10 +192,10 @@ func startConsumer(ctx context.Context, natsURL string) (*consumer, error) {
 	}
 	c := &consumer{nc: nc, arrived: map[uint64]time.Time{}, received: map[uint64]time.Time{}, stored: map[uint64]time.Time{}}
 	c.w, err = worker.New(worker.Config{
-		Name:           "bench",
+		Name:           name,
 		FilterSubjects: []string{bus.EventsSubjects},
 		JetStream:      js,
-		DeliverPolicy:  jetstream.DeliverNewPolicy, // not the ingest round's events
+		DeliverPolicy:  deliver,
 		Concurrency:    4,
 		PullBatch:      1000,
 		MaxAckPending:  20_000,
@@ -260,10 +260,15 @@ func (b *bench) pipeline(ctx context.Context) error {
 	}
 	// Ingest alone first (no consumer yet): fake → bot → stored in JetStream. It
 	// separates what storing costs from what delivering and acknowledging add.
-	if err := b.ingestRound(ctx, r, events); err != nil {
+	stored, err := b.ingestRound(ctx, r, events)
+	if err != nil {
 		return err
 	}
-	c, err := startConsumer(ctx, r.NATSURL)
+	if err := b.consumeRound(ctx, r, stored); err != nil {
+		return err
+	}
+	// The pipeline's consumer starts at the end of the stream: not the events above.
+	c, err := startConsumer(ctx, r.NATSURL, "bench", jetstream.DeliverNewPolicy)
 	if err != nil {
 		return err
 	}
@@ -339,21 +344,21 @@ func (b *bench) pipeline(ctx context.Context) error {
 }
 
 // ingestRound sends events at full rate with nobody consuming and reports the rate
-// at which JetStream stored them.
-func (b *bench) ingestRound(ctx context.Context, r *benchRun, events int64) error {
+// at which JetStream stored them; it returns how many messages the stream holds.
+func (b *bench) ingestRound(ctx context.Context, r *benchRun, events int64) (uint64, error) {
 	nc, err := nats.Connect(r.NATSURL)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	time.Sleep(2 * time.Second) // READY and GUILD_CREATEs stored
 	stream, err := js.Stream(ctx, bus.EventsStream)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	stored := func() (uint64, error) {
 		info, err := stream.Info(ctx)
@@ -364,30 +369,56 @@ func (b *bench) ingestRound(ctx context.Context, r *benchRun, events int64) erro
 	}
 	base, err := stored()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	meter := newCPUMeter(map[string]int{"fakediscord": r.Fake.PID(), "bot": r.Bots()[0].Proc.PID(), "nats-server": r.NATS.PID()})
 	start := time.Now()
 	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 0, PayloadSize: 1024, Count: events}); err != nil {
-		return err
+		return 0, err
 	}
 	deadline := time.Now().Add(5 * time.Minute)
+	var n uint64
 	for {
-		n, err := stored()
-		if err != nil {
-			return err
+		if n, err = stored(); err != nil {
+			return 0, err
 		}
 		if n-base >= uint64(events) {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("ingest: %d of %d events stored after 5 minutes", n-base, events)
+			return 0, fmt.Errorf("ingest: %d of %d events stored after 5 minutes", n-base, events)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
 	b.note("ingest alone: %d events stored in %s; CPU: %s", events, elapsed.Round(time.Millisecond), meter)
 	b.add("pipeline_ingest_events_per_s", float64(events)/elapsed.Seconds(), "events/s")
+	return n, nil
+}
+
+// consumeRound drains what the stream holds (the ingest round's events) with the
+// worker runtime alone, nothing else running: the consumer's half of the pipeline.
+func (b *bench) consumeRound(ctx context.Context, r *benchRun, msgs uint64) error {
+	meter := newCPUMeter(map[string]int{"nats-server": r.NATS.PID(), "consumer": os.Getpid()})
+	start := time.Now()
+	c, err := startConsumer(ctx, r.NATSURL, "bench-drain", jetstream.DeliverAllPolicy)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	if b.profileDir != "" {
+		go b.selfProfile("consumer-alone.pprof", time.Second)
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for uint64(c.handled.Load()) < msgs {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("consume: %d of %d events after 5 minutes", c.handled.Load(), msgs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed := time.Unix(0, c.last.Load()).Sub(start)
+	b.note("consume alone: %d events handled and acknowledged in %s; CPU: %s", msgs, elapsed.Round(time.Millisecond), meter)
+	b.add("pipeline_consume_events_per_s", float64(msgs)/elapsed.Seconds(), "events/s")
 	return nil
 }
 
