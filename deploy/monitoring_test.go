@@ -195,7 +195,7 @@ func TestAlertRules(t *testing.T) {
 		for _, want := range []struct{ metric, warning, critical string }{
 			{"shardwarden_gateway_heartbeat_ack_latency_seconds", "> 1", "> 5"},
 			{"shardwarden_worker_consumer_pending", "> 1000", "> 10000"},
-			{"shardwarden_worker_retried_total", "> 0.05", "> 0.15"},
+			{"shardwarden_worker_redeliveries_total", "> 0.05", "> 0.15"},
 			{"shardwarden_gateway_last_event_age_seconds", "> 30", "> 120"},
 			{"container_memory_working_set_bytes", "> 0.80", "> 0.95"},
 		} {

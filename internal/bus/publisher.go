@@ -169,6 +169,9 @@ func NewPublisher(nc *nats.Conn, cfg PublisherConfig) (*Publisher, error) {
 			return nil, fmt.Errorf("new publisher: register metrics: %w", err)
 		}
 	}
+	for _, reason := range []string{"timeout", "disconnected", "rejected", "no_stream", "stopped", "send"} {
+		p.errs.WithLabelValues(reason) // at zero from the start: increase() sees the first error
+	}
 	for i := range p.slots {
 		s := &p.slots[i]
 		s.msg.Header = make(nats.Header, hdrCount)

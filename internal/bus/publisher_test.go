@@ -210,6 +210,27 @@ func TestPublisherConfigValidation(t *testing.T) {
 	require.Error(t, err)
 }
 
+// Every error reason is exported at zero from the start: increase() over a series
+// that appears at 1 would not see the first failure.
+func TestPublisherErrorSeriesStartAtZero(t *testing.T) {
+	nc := natstest.Connect(t, natstest.InProcess(t))
+	reg := prometheus.NewRegistry()
+	_, err := bus.NewPublisher(nc, bus.PublisherConfig{Registerer: reg})
+	require.NoError(t, err)
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	var reasons []string
+	for _, f := range families {
+		if f.GetName() == "shardwarden_bus_publish_errors_total" {
+			for _, m := range f.GetMetric() {
+				require.Zero(t, m.GetCounter().GetValue())
+				reasons = append(reasons, m.GetLabel()[0].GetValue())
+			}
+		}
+	}
+	require.ElementsMatch(t, []string{"timeout", "disconnected", "rejected", "no_stream", "stopped", "send"}, reasons)
+}
+
 func errorCount(t testing.TB, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
 	return promtest.Value(t, reg, "shardwarden_bus_publish_errors_total", "reason", reason)

@@ -35,5 +35,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			*c = existing
 		}
 	}
+	for _, scope := range []string{"user", "global", "shared"} {
+		m.rateLimited.WithLabelValues(scope) // at zero from the start: increase() sees the first 429
+	}
 	return m, nil
 }

@@ -141,7 +141,7 @@ func (c *conn) Dial(ctx context.Context, _ string) (ops <-chan ws.Op, err error)
 		resp.Body.Close()
 	}
 	if err != nil {
-		sh.m.reconnect("dial_error")
+		sh.m.reconnect(reconnectDialError)
 		return nil, fmt.Errorf("dial gateway: %w", err)
 	}
 	wsc.SetReadLimit(sh.svc.cfg.MaxFrameBytes)
@@ -158,7 +158,7 @@ func (c *conn) Dial(ctx context.Context, _ string) (ops <-chan ws.Op, err error)
 	// clock.
 	s.watchdog = time.AfterFunc(sh.svc.cfg.HandshakeTimeout, func() {
 		if !s.established.Load() {
-			sh.m.reconnect("handshake_timeout")
+			sh.m.reconnect(reconnectHandshakeTimeout)
 			sh.log.Warn("handshake stalled (no frame, READY or RESUMED in time): reconnecting", slog.Duration("timeout", sh.svc.cfg.HandshakeTimeout))
 			s.close()
 		}
@@ -214,7 +214,7 @@ func (c *conn) Send(ctx context.Context, b []byte) error {
 		s.hbSent, s.hbPending = time.Now(), true
 		s.hbMu.Unlock()
 		if zombie {
-			sh.m.reconnect("zombie")
+			sh.m.reconnect(reconnectZombie)
 			sh.log.WarnContext(ctx, "heartbeat not acknowledged: zombie connection, reconnecting")
 			s.close()
 			return errZombie
@@ -224,7 +224,7 @@ func (c *conn) Send(ctx context.Context, b []byte) error {
 		if !claim.Valid() {
 			// The dial took longer than the claim lasts: sending now could land
 			// within another replica's window. Reconnect and claim again.
-			sh.m.reconnect("identify_claim_expired")
+			sh.m.reconnect(reconnectClaimExpired)
 			s.close()
 			return errNoIdentifySlot
 		}
@@ -317,7 +317,7 @@ func (s *socket) read() {
 				select {
 				case <-s.done: // our own close
 				default:
-					sh.m.reconnect("connection_lost")
+					sh.m.reconnect(reconnectConnectionLost)
 				}
 			}
 			s.emitClose(code, err)
@@ -337,14 +337,14 @@ func (s *socket) read() {
 			_, err = buf.ReadFrom(r)
 		}
 		if err != nil {
-			s.fail("read_error", fmt.Errorf("read frame: %w", err))
+			s.fail(reconnectReadError, fmt.Errorf("read frame: %w", err))
 			return
 		}
 		env, err := decodeEnvelope(buf.Bytes())
 		if err != nil {
 			// A frame we cannot read may be a dispatch: its sequence would be
 			// lost. Reconnect and RESUME; Discord replays it.
-			s.fail("decode_error", err)
+			s.fail(reconnectDecodeError, err)
 			return
 		}
 		if !s.established.Load() {
@@ -358,19 +358,19 @@ func (s *socket) read() {
 }
 
 // fail closes the socket with 4000 and reports the reason to the event loop.
-func (s *socket) fail(reason string, err error) {
+func (s *socket) fail(reason reconnectReason, err error) {
 	s.sh.m.reconnect(reason)
-	s.sh.log.Warn("gateway connection failed: reconnecting", slog.String("reason", reason), slog.Any("error", err))
+	s.sh.log.Warn("gateway connection failed: reconnecting", slog.String("reason", string(reason)), slog.Any("error", err))
 	s.emitClose(-1, err)
 	s.close()
 }
 
-func closeReason(code int) string {
+func closeReason(code int) reconnectReason {
 	switch code {
 	case 4000, 4001, 4002, 4003, 4004, 4005, 4007, 4008, 4009, 4010, 4011, 4012, 4013, 4014:
-		return fmt.Sprintf("close_%d", code)
+		return reconnectReason(fmt.Sprintf("close_%d", code))
 	case 1000, 1001, 1006, 1011:
-		return fmt.Sprintf("close_%d", code)
+		return reconnectReason(fmt.Sprintf("close_%d", code))
 	}
 	return "close_other"
 }
@@ -386,12 +386,12 @@ func (s *socket) handle(env envelope) bool {
 		hb := gateway.HeartbeatCommand(0)
 		return s.emit(ws.Op{Code: 1, Data: &hb})
 	case 7:
-		sh.m.reconnect("op7_reconnect")
+		sh.m.reconnect(reconnectOp7)
 		sh.log.Info("discord asked to reconnect (op 7)")
 		return s.emit(ws.Op{Code: 7, Data: &gateway.ReconnectEvent{}})
 	case 9:
 		resumable := bytes.Equal(bytes.TrimSpace(env.Data), []byte("true"))
-		sh.m.reconnect("op9_invalid_session")
+		sh.m.reconnect(reconnectOp9)
 		// arikawa would re-identify inside its event loop after a blocking 1–5 s
 		// wait, without our identify gate, and never resume on d=true. Reconnect
 		// instead: a 4007-coded close makes it drop the session (IDENTIFY on the
@@ -411,7 +411,7 @@ func (s *socket) handle(env envelope) bool {
 			HeartbeatInterval float64 `json:"heartbeat_interval"`
 		}
 		if err := json.Unmarshal(env.Data, &hello); err != nil || hello.HeartbeatInterval <= 0 {
-			s.fail("bad_hello", fmt.Errorf("HELLO without a heartbeat interval: %s", env.Data))
+			s.fail(reconnectBadHello, fmt.Errorf("HELLO without a heartbeat interval: %s", env.Data))
 			return false
 		}
 		return s.emit(ws.Op{Code: 10, Data: &gateway.HelloEvent{HeartbeatInterval: discord.Milliseconds(hello.HeartbeatInterval)}})
@@ -442,7 +442,7 @@ var dispatchMark = &rawDispatch{}
 func (s *socket) dispatch(env envelope) bool {
 	sh := s.sh
 	if !env.HasSeq {
-		s.fail("decode_error", fmt.Errorf("dispatch %s without a sequence", env.Type))
+		s.fail(reconnectDecodeError, fmt.Errorf("dispatch %s without a sequence", env.Type))
 		return false
 	}
 	var data ws.Event = dispatchMark
@@ -456,7 +456,7 @@ func (s *socket) dispatch(env envelope) bool {
 			} `json:"guilds"`
 		}
 		if err := json.Unmarshal(env.Data, &ready); err != nil || ready.SessionID == "" {
-			s.fail("decode_error", fmt.Errorf("READY without a session: %v", err))
+			s.fail(reconnectDecodeError, fmt.Errorf("READY without a session: %v", err))
 			return false
 		}
 		ids := make([]string, len(ready.Guilds))
@@ -501,7 +501,7 @@ func (s *socket) dispatch(env envelope) bool {
 	if !sh.ob.push(ev) {
 		sh.m.bufferFull.Inc()
 		sh.setBackpressure(true)
-		sh.m.reconnect("buffer_full")
+		sh.m.reconnect(reconnectBufferFull)
 		sh.log.Warn("shard buffer full: disconnecting until JetStream catches up",
 			slog.Int64("seq", env.Seq), slog.Int("buffered", sh.ob.len()))
 		s.emitClose(-1, errBufferFull)

@@ -113,7 +113,7 @@ type shardMetrics struct {
 
 func (m *metrics) forShard(id int) *shardMetrics {
 	l := strconv.Itoa(id)
-	return &shardMetrics{
+	sm := &shardMetrics{
 		m:             m,
 		label:         l,
 		ackLatency:    m.ackLatency.WithLabelValues(l),
@@ -127,10 +127,38 @@ func (m *metrics) forShard(id int) *shardMetrics {
 		retries:       m.publishRetries.WithLabelValues(l),
 		byType:        map[string]prometheus.Counter{},
 	}
+	for _, r := range reconnectReasons {
+		m.reconnects.WithLabelValues(l, string(r))
+	}
+	return sm
 }
 
-func (sm *shardMetrics) reconnect(reason string) {
-	sm.m.reconnects.WithLabelValues(sm.label, reason).Inc()
+// reconnectReason labels shardwarden_gateway_reconnects_total.
+type reconnectReason string
+
+const (
+	reconnectDialError        reconnectReason = "dial_error"
+	reconnectHandshakeTimeout reconnectReason = "handshake_timeout"
+	reconnectZombie           reconnectReason = "zombie"
+	reconnectClaimExpired     reconnectReason = "identify_claim_expired"
+	reconnectConnectionLost   reconnectReason = "connection_lost"
+	reconnectOp7              reconnectReason = "op7_reconnect"
+	reconnectOp9              reconnectReason = "op9_invalid_session"
+	reconnectBufferFull       reconnectReason = "buffer_full"
+	reconnectReadError        reconnectReason = "read_error"
+	reconnectDecodeError      reconnectReason = "decode_error"
+	reconnectBadHello         reconnectReason = "bad_hello"
+)
+
+// reconnectReasons are exported at zero for every shard, so that increase() sees
+// the first reconnect of a kind (the close codes, nineteen more, are not: they
+// would triple the series per shard).
+var reconnectReasons = []reconnectReason{reconnectDialError, reconnectHandshakeTimeout, reconnectZombie,
+	reconnectClaimExpired, reconnectConnectionLost, reconnectOp7, reconnectOp9, reconnectBufferFull,
+	reconnectReadError, reconnectDecodeError, reconnectBadHello}
+
+func (sm *shardMetrics) reconnect(reason reconnectReason) {
+	sm.m.reconnects.WithLabelValues(sm.label, string(reason)).Inc()
 }
 
 func (sm *shardMetrics) countType(t string) {

@@ -362,7 +362,7 @@ func (sh *shard) connectOnce(ctx context.Context, id gateway.Identifier, drainin
 			case *ws.BackgroundErrorEvent:
 				if data.Err != nil && data.Err.Error() == "heartbeat timed out" {
 					// arikawa's own zombie check won the race against ours.
-					sh.m.reconnect("zombie")
+					sh.m.reconnect(reconnectZombie)
 				}
 				sh.log.DebugContext(ctx, "gateway event loop", slog.Any("error", data.Err))
 			}

@@ -9,6 +9,7 @@ import (
 // workerMetrics are one worker's series, resolved once (no label lookup per message).
 type workerMetrics struct {
 	processed, failed, retried, deadLettered, deliveries prometheus.Counter
+	redeliveries                                         prometheus.Counter
 	duration                                             prometheus.Observer
 	pending, ackPending, redelivered                     prometheus.Gauge
 }
@@ -17,8 +18,9 @@ func (m *metrics) forWorker(name string) workerMetrics {
 	return workerMetrics{
 		processed: m.processed.WithLabelValues(name), failed: m.failed.WithLabelValues(name),
 		retried: m.retried.WithLabelValues(name), deadLettered: m.deadLettered.WithLabelValues(name),
-		deliveries: m.deliveries.WithLabelValues(name), duration: m.duration.WithLabelValues(name),
-		pending: m.pending.WithLabelValues(name), ackPending: m.ackPending.WithLabelValues(name),
+		deliveries: m.deliveries.WithLabelValues(name), redeliveries: m.redeliveries.WithLabelValues(name),
+		duration: m.duration.WithLabelValues(name),
+		pending:  m.pending.WithLabelValues(name), ackPending: m.ackPending.WithLabelValues(name),
 		redelivered: m.redelivered.WithLabelValues(name),
 	}
 }
@@ -26,6 +28,7 @@ func (m *metrics) forWorker(name string) workerMetrics {
 // metrics are labelled by worker; several workers may share one registry.
 type metrics struct {
 	processed, failed, retried, deadLettered, deliveries *prometheus.CounterVec
+	redeliveries                                         *prometheus.CounterVec
 	duration                                             *prometheus.HistogramVec
 	pending, ackPending, redelivered                     *prometheus.GaugeVec
 }
@@ -43,6 +46,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		retried:      counter("shardwarden_worker_retried_total", "Failed deliveries sent back for a delayed retry (NakWithDelay)."),
 		deadLettered: counter("shardwarden_worker_dead_lettered_total", "Events given up on and published to DISCORD_DLQ."),
 		deliveries:   counter("shardwarden_worker_deliveries_total", "Every delivery received, first ones and redeliveries."),
+		redeliveries: counter("shardwarden_worker_redeliveries_total", "Deliveries after the first: retries after a failed handler, and messages whose ack did not arrive in AckWait (a worker stopped or was too slow)."),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "shardwarden_worker_handler_duration_seconds",
 			Help:    "Handler run time, successes and failures.",
@@ -65,6 +69,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if err == nil {
 		m.deliveries, err = register(reg, m.deliveries)
+	}
+	if err == nil {
+		m.redeliveries, err = register(reg, m.redeliveries)
 	}
 	if err == nil {
 		m.duration, err = register(reg, m.duration)

@@ -444,6 +444,9 @@ func (w *Worker) handle(msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	if meta.NumDelivered > 1 {
+		w.metrics.redeliveries.Inc()
+	}
 	h := msg.Headers()
 	if h == nil {
 		h = nats.Header{}

@@ -198,6 +198,7 @@ func TestRetriesWithBackoffThenSucceeds(t *testing.T) {
 	require.Equal(t, float64(2), metric(t, b.reg, "shardwarden_worker_failed_total", "flaky"))
 	require.Equal(t, float64(2), metric(t, b.reg, "shardwarden_worker_retried_total", "flaky"))
 	require.Equal(t, float64(3), metric(t, b.reg, "shardwarden_worker_deliveries_total", "flaky"))
+	require.Equal(t, float64(2), metric(t, b.reg, "shardwarden_worker_redeliveries_total", "flaky"))
 	require.Equal(t, float64(0), metric(t, b.reg, "shardwarden_worker_dead_lettered_total", "flaky"))
 }
 
@@ -441,6 +442,9 @@ func TestCrashLoopingEventIsDeadLettered(t *testing.T) {
 	start(t, b, cfg)
 	waitFor(t, "dead letter", func() bool { return metric(t, b.reg, "shardwarden_worker_dead_lettered_total", "crashy") == 1 })
 	require.Zero(t, ran.Load())
+	// Redeliveries that no failed handler asked for show, retries do not.
+	require.Equal(t, float64(1), metric(t, b.reg, "shardwarden_worker_redeliveries_total", "crashy"))
+	require.Zero(t, metric(t, b.reg, "shardwarden_worker_retried_total", "crashy"))
 	dls, err := worker.ListDeadLetters(ctx, b.js, "crashy", 0)
 	require.NoError(t, err)
 	require.Len(t, dls, 1)
