@@ -16,6 +16,7 @@ import (
 	"time"
 
 	dgateway "github.com/diamondburned/arikawa/v3/gateway"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +57,7 @@ const defaultIntents = 1<<0 | 1<<9 | 1<<12
 func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 	l.Secret(&s.Token, "DISCORD_TOKEN", true)
 	l.String(&s.NATSURL, "NATS_URL", nats.DefaultURL, "NATS server URL(s), comma separated")
-	l.String(&s.ShardCount, "SHARD_COUNT", "", "the cluster's shard count, or auto (Discord's recommendation from /gateway/bot)")
+	l.String(&s.ShardCount, "SHARD_COUNT", "", "the cluster's shard count, or auto (the count the cluster stored, else Discord's recommendation from /gateway/bot)")
 	s.Lease.bind(l, hostname)
 	l.Int(&s.Intents, "INTENTS", defaultIntents, "gateway intents bitfield")
 	bindHealthAddr(l, &s.HealthAddr)
@@ -140,6 +141,32 @@ func (s *runSettings) bind(l *config.Loader, hostname func() (string, error)) {
 	})
 }
 
+// resolveShardCount turns SHARD_COUNT into the count to run with. auto is the
+// count the cluster already stored, else Discord's recommendation: a change in
+// the recommendation is an operator's decision (runbook: raising the shard
+// count), not something a restart should stumble into.
+func resolveShardCount(ctx context.Context, pool *pgxpool.Pool, setting string, recommended int, logger *slog.Logger) (int, error) {
+	if !strings.EqualFold(strings.TrimSpace(setting), "auto") {
+		n, _ := strconv.Atoi(strings.TrimSpace(setting)) // validated by the loader
+		return n, nil
+	}
+	stored, ok, err := shardlease.StoredShardCount(ctx, pool)
+	if err != nil {
+		return 0, err
+	}
+	if ok {
+		if stored != recommended {
+			logger.WarnContext(ctx, "SHARD_COUNT=auto keeps the cluster's stored shard count; Discord recommends another (see the runbook to change it)",
+				slog.Int("shard_count", stored), slog.Int("recommended", recommended))
+		}
+		return stored, nil
+	}
+	if recommended < 1 {
+		return 0, fmt.Errorf("/gateway/bot recommends %d shards: cannot use SHARD_COUNT=auto", recommended)
+	}
+	return recommended, nil
+}
+
 // runBot is `bot run`: it applies the migrations, leases shards, connects each
 // held shard to Discord and forwards every event to JetStream until SIGTERM, then
 // hands every shard over (RESUMEable by the next owner) and exits.
@@ -180,12 +207,9 @@ func runBot(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	shardCount := bot.Shards
-	if !strings.EqualFold(strings.TrimSpace(s.ShardCount), "auto") {
-		shardCount, _ = strconv.Atoi(strings.TrimSpace(s.ShardCount))
-	}
-	if shardCount < 1 {
-		return fmt.Errorf("/gateway/bot recommends %d shards: cannot use SHARD_COUNT=auto", bot.Shards)
+	shardCount, err := resolveShardCount(ctx, pool, s.ShardCount, bot.Shards, logger)
+	if err != nil {
+		return err
 	}
 	gatewayURL := s.GatewayURL
 	if gatewayURL == "" {

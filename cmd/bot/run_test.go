@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -180,4 +181,32 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool, done 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// SHARD_COUNT=auto follows Discord only until the cluster has a count: then it
+// keeps it, so that a changed recommendation does not lock restarted replicas
+// out (they would refuse to claim with another count).
+func TestAutoShardCountKeepsTheStoredCount(t *testing.T) {
+	ctx := context.Background()
+	db := pgtest.NewMigrated(t)
+	pool := pgtest.Pool(t, db.URL)
+	var logs logtest.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+
+	n, err := resolveShardCount(ctx, pool, "auto", 4, logger)
+	require.NoError(t, err)
+	require.Equal(t, 4, n, "a new cluster takes Discord's recommendation")
+	_, err = resolveShardCount(ctx, pool, "auto", 0, logger)
+	require.ErrorContains(t, err, "recommends 0 shards")
+
+	_, err = pool.Exec(ctx, `INSERT INTO discord_bot_cluster (shard_count) VALUES (4)`)
+	require.NoError(t, err)
+	n, err = resolveShardCount(ctx, pool, "AUTO", 6, logger)
+	require.NoError(t, err)
+	require.Equal(t, 4, n, "the stored count wins over a new recommendation")
+	require.Contains(t, logs.String(), "recommended=6")
+
+	n, err = resolveShardCount(ctx, pool, "8", 6, logger)
+	require.NoError(t, err)
+	require.Equal(t, 8, n, "an explicit count is taken as given (a mismatch is refused later, loudly)")
 }

@@ -422,3 +422,21 @@ func (m *Manager) leave(ctx context.Context) error {
 func clampInt32(v int) int32 {
 	return int32(max(0, min(v, 1<<31-1)))
 }
+
+// StoredShardCount is the shard count the cluster's first replica stored, and
+// false when no replica has run against this database yet. SHARD_COUNT=auto uses
+// it: asking Discord again at every start would make replicas started after a
+// change in its recommendation refuse to claim (ErrShardCountMismatch).
+func StoredShardCount(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (int, bool, error) {
+	var n int
+	err := db.QueryRow(ctx, readClusterSQL).Scan(&n)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, fmt.Errorf("read the stored shard count: %w", err)
+	}
+	return n, true, nil
+}
