@@ -44,6 +44,10 @@ func New(w io.Writer, o Options) (*slog.Logger, error) {
 		}
 	}
 	replace := func(_ []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration {
+			// "1.5s", not 1500000000: JSON would print the nanoseconds.
+			return slog.String(a.Key, a.Value.Duration().String())
+		}
 		if a.Value.Kind() == slog.KindString || a.Value.Kind() == slog.KindAny {
 			s := a.Value.String()
 			for _, sec := range secrets {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -58,4 +59,12 @@ func TestRedactURL(t *testing.T) {
 	require.Equal(t, "auth failed for password [REDACTED]", err.Error())
 	plain := errors.New("connection refused")
 	require.Same(t, plain, logging.RedactURL(plain, dsn), "nothing to take out: the error itself")
+}
+
+func TestDurationsReadable(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := logging.New(&buf, logging.Options{Format: "json"})
+	require.NoError(t, err)
+	log.Info("identify sent", slog.Duration("since_claim", 1500*time.Microsecond))
+	require.Contains(t, buf.String(), `"since_claim":"1.5ms"`)
 }
