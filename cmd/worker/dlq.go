@@ -24,6 +24,15 @@ func dlq(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &config.Error{Var: "dlq command", Reason: "want list, show, replay or purge"}
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "list", "show", "replay", "purge":
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, dlqUsage)
+		return nil
+	default: // before any connection: a typo should not wait for NATS
+		fmt.Fprint(stderr, dlqUsage)
+		return &config.Error{Var: "dlq command", Reason: fmt.Sprintf("unknown %q: want list, show, replay or purge", sub)}
+	}
 	fs := flag.NewFlagSet("worker dlq "+sub, flag.ContinueOnError)
 	workerName := fs.String("worker", "", "only this worker's dead letters")
 	all := fs.Bool("all", false, "replay or purge every dead letter (of --worker when given)")
@@ -106,7 +115,7 @@ func dlq(ctx context.Context, args []string, getenv func(string) string, stdout,
 			fmt.Fprintf(stdout, "replayed %d (%s, %s) to %s\n", seq, d.EventID, d.Subject, d.Worker)
 		}
 		return nil
-	case "purge":
+	default: // purge: the command was checked before connecting
 		if !*all && *workerName == "" {
 			return &config.Error{Var: "dlq purge", Reason: "name --worker W, or --all for every worker"}
 		}
@@ -119,10 +128,19 @@ func dlq(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		fmt.Fprintf(stdout, "purged dead letters of %s\n", target)
 		return nil
-	default:
-		return &config.Error{Var: "dlq command", Reason: fmt.Sprintf("unknown %q: want list, show, replay or purge", sub)}
 	}
 }
+
+const dlqUsage = `usage: worker dlq <command> [flags] [args]
+
+  list [--worker W] [--limit N]   list dead letters
+  show <seq>...                   print dead letters with their headers and data
+  replay <seq>...                 send dead letters back to their worker
+  replay --worker W --all         ... every dead letter of a worker (--all alone: of every worker)
+  purge --worker W | --all        delete dead letters
+
+Run `+"`worker dlq <command> --help`"+` for the connection flags.
+`
 
 func parseSeqs(args []string) ([]uint64, error) {
 	if len(args) == 0 {

@@ -190,6 +190,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"unknown worker":     {[]string{"run", "nope"}, base, "worker names"},
 		"dlq without verb":   {[]string{"dlq"}, base, "dlq command"},
 		"purge needs target": {[]string{"dlq", "purge"}, with("NATS_URL", "nats://127.0.0.1:1"), ""},
+		// Checked before connecting: a typo must not wait for an unreachable NATS.
+		"unknown dlq verb": {[]string{"dlq", "lsit"}, with("NATS_URL", "nats://127.0.0.1:1"), "dlq command"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -555,4 +557,11 @@ func TestDLQReplayAllAndPurge(t *testing.T) {
 	dls, err = worker.ListDeadLetters(ctx, js, "", 0)
 	require.NoError(t, err)
 	require.Empty(t, dls)
+}
+
+func TestDLQHelpNeedsNoConnection(t *testing.T) {
+	var stdout bytes.Buffer
+	e := env{"NATS_URL": "nats://127.0.0.1:1"}
+	require.NoError(t, run(context.Background(), []string{"dlq", "--help"}, e.get, &stdout, io.Discard))
+	require.Contains(t, stdout.String(), "usage: worker dlq")
 }
