@@ -242,8 +242,9 @@ func (c *consumer) stop() {
 	c.nc.Close()
 }
 
-// pipeline: the fake at full rate over 16 shards → one bot → JetStream (dedup ids)
-// → the worker runtime acking; then the latency at 1,000 events/s.
+// pipeline: the fake at full rate over 16 shards → one bot → JetStream (dedup ids),
+// alone; the worker runtime draining and acking those events, alone; the latency
+// at 1,000 events/s through both; then both at full rate, three rounds.
 func (b *bench) pipeline(ctx context.Context) error {
 	events := int64(200_000)
 	latencyFor := 20 * time.Second
