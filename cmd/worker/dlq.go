@@ -139,7 +139,7 @@ const dlqUsage = `usage: worker dlq <command> [flags] [args]
   replay --worker W --all         ... every dead letter of a worker (--all alone: of every worker)
   purge --worker W | --all        delete dead letters
 
-Run `+"`worker dlq <command> --help`"+` for the connection flags.
+Run ` + "`worker dlq <command> --help`" + ` for the connection flags.
 `
 
 func parseSeqs(args []string) ([]uint64, error) {
