@@ -205,10 +205,8 @@ func startConsumer(ctx context.Context, natsURL, name string, deliver jetstream.
 				c.recordArrival(m, now)
 			}
 			c.handled.Add(1)
-			c.last.Store(now.UnixNano())
-			if st := m.StoredAt.UnixNano(); st > c.lastStored.Load() {
-				c.lastStored.Store(st) // one handler at a time is enough for a diagnostic
-			}
+			storeMax(&c.last, now.UnixNano())
+			storeMax(&c.lastStored, m.StoredAt.UnixNano())
 			return nil
 		}),
 	})
@@ -221,6 +219,30 @@ func startConsumer(ctx context.Context, natsURL, name string, deliver jetstream.
 		return nil, err
 	}
 	return c, nil
+}
+
+// storeMax raises a to v unless it already holds more (handlers run concurrently).
+func storeMax(a *atomic.Int64, v int64) {
+	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {
+	}
+}
+
+// waitCount polls n every 10 ms until it reaches want, for five minutes at most.
+func waitCount(what string, want int64, n func() (int64, error)) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		got, err := n()
+		if err != nil {
+			return err
+		}
+		if got >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %d of %d after 5 minutes", what, got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (c *consumer) recordArrival(m *worker.Message, now time.Time) {
@@ -377,19 +399,12 @@ func (b *bench) ingestRound(ctx context.Context, r *benchRun, events int64) (uin
 	if err := r.Admin.StartTraffic(ctx, localcluster.Traffic{Rate: 0, PayloadSize: 1024, Count: events}); err != nil {
 		return 0, err
 	}
-	deadline := time.Now().Add(5 * time.Minute)
 	var n uint64
-	for {
-		if n, err = stored(); err != nil {
-			return 0, err
-		}
-		if n-base >= uint64(events) {
-			break
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("ingest: %d of %d events stored after 5 minutes", n-base, events)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := waitCount("ingest: events stored", events, func() (int64, error) {
+		n, err = stored()
+		return int64(n - base), err
+	}); err != nil {
+		return 0, err
 	}
 	elapsed := time.Since(start)
 	b.note("ingest alone: %d events stored in %s; CPU: %s", events, elapsed.Round(time.Millisecond), meter)
@@ -410,12 +425,8 @@ func (b *bench) consumeRound(ctx context.Context, r *benchRun, msgs uint64) erro
 	if b.profileDir != "" {
 		go b.selfProfile("consumer-alone.pprof", time.Second)
 	}
-	deadline := time.Now().Add(5 * time.Minute)
-	for uint64(c.handled.Load()) < msgs {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("consume: %d of %d events after 5 minutes", c.handled.Load(), msgs)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := waitCount("consume: events handled", int64(msgs), func() (int64, error) { return c.handled.Load(), nil }); err != nil {
+		return err
 	}
 	elapsed := time.Unix(0, c.last.Load()).Sub(start)
 	b.note("consume alone: %d events handled and acknowledged in %s; CPU: %s", msgs, elapsed.Round(time.Millisecond), meter)
@@ -440,12 +451,8 @@ func (b *bench) pipelineRound(ctx context.Context, r *benchRun, c *consumer, eve
 		go b.selfProfile("consumer-pipeline.pprof", 2*time.Second) // the consumer runs in this process
 		go b.saveProfile(ctx, r.Admin.AdminURL+"/debug/pprof/profile?seconds=2", "fakediscord-pipeline.pprof")
 	}
-	deadline := time.Now().Add(5 * time.Minute)
-	for c.handled.Load()-base < events {
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("pipeline: %d of %d events after 5 minutes", c.handled.Load()-base, events)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := waitCount("pipeline: events handled", events, func() (int64, error) { return c.handled.Load() - base, nil }); err != nil {
+		return 0, err
 	}
 	last, stored := time.Unix(0, c.last.Load()), time.Unix(0, c.lastStored.Load())
 	elapsed := last.Sub(start)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/shardwarden/shardwarden/internal/localcluster"
@@ -184,7 +186,8 @@ func (b *bench) scale(ctx context.Context) error {
 	}
 	b.note("cold start: %d shards READY in %s; identify limit allows %s at best (%d buckets, %s window, %s margin)",
 		shards, cold.Round(time.Millisecond), minimum, maxConcurrency, window, margin)
-	b.note("cold start: %s", identifyPacing(first, maxConcurrency, window, r.start))
+	b.note("cold start: %s; claim → IDENTIFY sent p50 %s (the bots' since_claim)",
+		identifyPacing(first, maxConcurrency, window, r.start), sinceClaim(r).Round(10*time.Microsecond))
 	b.add("cold_start_ratio_to_identify_limit", cold.Seconds()/minimum.Seconds(), "ratio")
 	b.add("cold_start_identify_violations", float64(violations), "count")
 
@@ -249,6 +252,29 @@ func identifyPacing(first map[int]time.Time, buckets int, window time.Duration, 
 		earliest.Sub(launched).Round(time.Millisecond), percentile(over, 0.1).Round(time.Millisecond),
 		percentile(over, 0.5).Round(time.Millisecond), percentile(over, 0.9).Round(time.Millisecond),
 		percentile(over, 1).Round(time.Millisecond))
+}
+
+// sinceClaim is the median time from winning an identify slot to sending the
+// IDENTIFY (dial, HELLO), from the since_claim field of the bots' "identify sent" logs.
+func sinceClaim(r *benchRun) time.Duration {
+	var d []time.Duration
+	for _, bot := range r.Bots() {
+		for line := range strings.Lines(bot.Proc.Log()) {
+			if !strings.Contains(line, `"msg":"identify sent"`) {
+				continue
+			}
+			var rec struct {
+				SinceClaim string `json:"since_claim"`
+			}
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
+			if v, err := time.ParseDuration(rec.SinceClaim); err == nil {
+				d = append(d, v)
+			}
+		}
+	}
+	return percentile(d, 0.5)
 }
 
 func sumRSS(r *benchRun) (int64, error) {

@@ -217,18 +217,9 @@ func TestPublisherErrorSeriesStartAtZero(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	_, err := bus.NewPublisher(nc, bus.PublisherConfig{Registerer: reg})
 	require.NoError(t, err)
-	families, err := reg.Gather()
-	require.NoError(t, err)
-	var reasons []string
-	for _, f := range families {
-		if f.GetName() == "shardwarden_bus_publish_errors_total" {
-			for _, m := range f.GetMetric() {
-				require.Zero(t, m.GetCounter().GetValue())
-				reasons = append(reasons, m.GetLabel()[0].GetValue())
-			}
-		}
-	}
-	require.ElementsMatch(t, []string{"timeout", "disconnected", "rejected", "no_stream", "stopped", "send"}, reasons)
+	require.ElementsMatch(t, []string{"reason=timeout", "reason=disconnected", "reason=rejected", "reason=no_stream", "reason=stopped", "reason=send"},
+		promtest.Series(t, reg, "shardwarden_bus_publish_errors_total"))
+	require.Zero(t, promtest.Value(t, reg, "shardwarden_bus_publish_errors_total"))
 }
 
 func errorCount(t testing.TB, reg *prometheus.Registry, reason string) float64 {

@@ -148,19 +148,26 @@ func gaugeValue(t testing.TB, reg prometheus.Gatherer, name string, labels ...st
 	return promtest.Value(t, reg, name, labels...)
 }
 
+// twoReplicasOneBucket is two replicas' limiters (a and b, window 1 s) over one
+// bucket (max_concurrency 1), with a pool on the same database.
+func twoReplicasOneBucket(t *testing.T) (context.Context, *pgxpool.Pool, *IdentifyLimiter, *IdentifyLimiter) {
+	t.Helper()
+	db := pgtest.NewMigrated(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	a, _ := newLimiter(t, pgtest.Pool(t, db.URL), "a", time.Second, 10)
+	b, _ := newLimiter(t, pgtest.Pool(t, db.URL), "b", time.Second, 10)
+	require.NoError(t, a.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 1}))
+	return ctx, pgtest.Pool(t, db.URL), a, b
+}
+
 // A claim reserves its bucket for the longest it may wait before sending (its
 // validity) plus the window: a replica whose Sent is slow or lost cannot let a
 // peer IDENTIFY within one window of its own IDENTIFY. Sent gives the unused part
 // of the reservation back. Times are the database's, read from the rows.
 func TestIdentifyClaimReservesUntilItsSendIsKnown(t *testing.T) {
-	db := pgtest.NewMigrated(t)
-	pool := pgtest.Pool(t, db.URL)
-	const window = time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, _ := newLimiter(t, pgtest.Pool(t, db.URL), "a", window, 10)
-	b, _ := newLimiter(t, pgtest.Pool(t, db.URL), "b", window, 10)
-	require.NoError(t, a.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 1}))
+	ctx, pool, a, b := twoReplicasOneBucket(t)
+	window := a.cfg.Window
 	reservation := a.validity() + window + a.cfg.Margin
 	nextAllowed := func() time.Time {
 		var next time.Time
@@ -198,13 +205,8 @@ func TestIdentifyClaimReservesUntilItsSendIsKnown(t *testing.T) {
 // that claim's whole reservation: once the IDENTIFY is sent the bucket opens one
 // window (plus margin) after the send, and the waiter claims then.
 func TestIdentifyWaiterFollowsTheSendNotTheReservation(t *testing.T) {
-	db := pgtest.NewMigrated(t)
-	const window = time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, _ := newLimiter(t, pgtest.Pool(t, db.URL), "a", window, 10)
-	b, _ := newLimiter(t, pgtest.Pool(t, db.URL), "b", window, 10)
-	require.NoError(t, a.SetLimits(ctx, SessionStartLimit{Total: 1000, Remaining: 1000, ResetAfter: time.Hour, MaxConcurrency: 1}))
+	ctx, pool, a, b := twoReplicasOneBucket(t)
+	window := a.cfg.Window
 	reservation := a.validity() + window + a.cfg.Margin
 
 	ca, err := a.Acquire(ctx, 0)
@@ -220,7 +222,7 @@ func TestIdentifyWaiterFollowsTheSendNotTheReservation(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	require.NoError(t, ca.Sent(ctx))
 	var sentAt time.Time
-	require.NoError(t, pgtest.Pool(t, db.URL).QueryRow(ctx, `SELECT last_sent_at FROM discord_identify_buckets WHERE bucket = 0`).Scan(&sentAt))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT last_sent_at FROM discord_identify_buckets WHERE bucket = 0`).Scan(&sentAt))
 
 	cb := <-got
 	require.NotNil(t, cb)

@@ -2,6 +2,7 @@
 package promtest
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,34 @@ func Value(t testing.TB, g prometheus.Gatherer, name string, labels ...string) f
 		}
 	}
 	return sum
+}
+
+// Series returns the label values of metric name's series whose labels include
+// every pair in labels, one per series, as "name=value" pairs joined by commas in
+// label order: a test sees which series exist, also those still at zero.
+func Series(t testing.TB, g prometheus.Gatherer, name string, labels ...string) []string {
+	t.Helper()
+	families, err := g.Gather()
+	if err != nil {
+		t.Fatalf("promtest: gather: %v", err)
+	}
+	var out []string
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if !matches(m, labels) {
+				continue
+			}
+			pairs := make([]string, 0, len(m.GetLabel()))
+			for _, l := range m.GetLabel() {
+				pairs = append(pairs, l.GetName()+"="+l.GetValue())
+			}
+			out = append(out, strings.Join(pairs, ","))
+		}
+	}
+	return out
 }
 
 func matches(m *dto.Metric, labels []string) bool {

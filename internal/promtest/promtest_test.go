@@ -26,3 +26,14 @@ func TestValue(t *testing.T) {
 	require.Zero(t, promtest.Value(t, reg, "x_total", "shard", "3"))
 	require.Equal(t, 2.0, promtest.Value(t, reg, "y_seconds"), "a histogram's sample count")
 }
+
+func TestSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total", Help: "x"}, []string{"shard", "reason"})
+	reg.MustRegister(c)
+	require.Empty(t, promtest.Series(t, reg, "x_total"))
+	c.WithLabelValues("1", "a") // at zero: a series all the same
+	c.WithLabelValues("2", "b").Inc()
+	require.ElementsMatch(t, []string{"reason=a,shard=1", "reason=b,shard=2"}, promtest.Series(t, reg, "x_total"))
+	require.Equal(t, []string{"reason=b,shard=2"}, promtest.Series(t, reg, "x_total", "shard", "2"))
+}

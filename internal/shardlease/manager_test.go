@@ -137,16 +137,24 @@ func TestSingleReplicaClaimsAllAndReleasesOnStop(t *testing.T) {
 	c.rec.check(t)
 }
 
-func TestRebalanceHandsOffWithResumeState(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t)
-	a := c.start("a", replicaOpts{shards: 8})
+// rebalancedPair starts a on eight shards, then b, and waits until a has handed
+// b its half.
+func rebalancedPair(t *testing.T) (c *cluster, a, b *replica) {
+	t.Helper()
+	c = newCluster(t)
+	a = c.start("a", replicaOpts{shards: 8})
 	waitFor(t, 10*time.Second, "a holds every shard", func() (bool, string) { return balanced(8, a) })
-	b := c.start("b", replicaOpts{shards: 8})
+	b = c.start("b", replicaOpts{shards: 8})
 	waitFor(t, convergeWithin, "a and b balanced", func() (bool, string) {
 		ok, why := balanced(8, a, b)
 		return ok && len(b.m.Held()) == 4, why
 	})
+	return c, a, b
+}
+
+func TestRebalanceHandsOffWithResumeState(t *testing.T) {
+	t.Parallel()
+	c, a, b := rebalancedPair(t)
 	require.Equal(t, 4.0, a.metric(t, "shardwarden_lease_releases_total", "reason", "rebalance"))
 
 	// b's leases carry exactly what a's runners returned when they handed off.
@@ -481,14 +489,7 @@ func TestMetricNames(t *testing.T) {
 // cooldown (in a rolling update the newcomer is often the next one stopped).
 func TestRebalancedShardsTakenBackWhenTheNewcomerLeaves(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t)
-	a := c.start("a", replicaOpts{shards: 8})
-	waitFor(t, 10*time.Second, "a holds every shard", func() (bool, string) { return balanced(8, a) })
-	b := c.start("b", replicaOpts{shards: 8})
-	waitFor(t, convergeWithin, "a and b balanced", func() (bool, string) {
-		ok, why := balanced(8, a, b)
-		return ok && len(b.m.Held()) == 4, why
-	})
+	c, a, b := rebalancedPair(t)
 	b.m.Stop() // releases its four with a NOTIFY
 	start := time.Now()
 	waitFor(t, 10*time.Second, "a holds every shard again", func() (bool, string) { return balanced(8, a) })
