@@ -28,6 +28,20 @@ var (
 	ErrNoStream = errors.New("jetstream publish: no stream responded")
 )
 
+// Reasons of shardwarden_bus_publish_errors_total.
+const (
+	reasonTimeout      = "timeout"
+	reasonDisconnected = "disconnected"
+	reasonRejected     = "rejected"
+	reasonNoStream     = "no_stream"
+	reasonStopped      = "stopped"
+	reasonSend         = "send"
+)
+
+// publishErrorReasons are exported at zero from the start: increase() sees the
+// first error of each kind.
+var publishErrorReasons = []string{reasonTimeout, reasonDisconnected, reasonRejected, reasonNoStream, reasonStopped, reasonSend}
+
 // Event is one Discord dispatch to store. Data is the raw `d` of the dispatch; the
 // publisher does not keep Event or Data after the Completion for it returned.
 type Event struct {
@@ -169,8 +183,8 @@ func NewPublisher(nc *nats.Conn, cfg PublisherConfig) (*Publisher, error) {
 			return nil, fmt.Errorf("new publisher: register metrics: %w", err)
 		}
 	}
-	for _, reason := range []string{"timeout", "disconnected", "rejected", "no_stream", "stopped", "send"} {
-		p.errs.WithLabelValues(reason) // at zero from the start: increase() sees the first error
+	for _, reason := range publishErrorReasons {
+		p.errs.WithLabelValues(reason)
 	}
 	for i := range p.slots {
 		s := &p.slots[i]
@@ -208,14 +222,14 @@ func (p *Publisher) Stop() {
 	p.stopOnce.Do(func() {
 		if p.sub == nil { // never started
 			close(p.done)
-			p.failAll(ErrPublisherStopped, "stopped", true)
+			p.failAll(ErrPublisherStopped, reasonStopped, true)
 			return
 		}
 		close(p.stop)
 		<-p.done
 		_ = p.sub.Unsubscribe()
 		p.nc.RemoveStatusListener(p.status)
-		p.failAll(ErrPublisherStopped, "stopped", true)
+		p.failAll(ErrPublisherStopped, reasonStopped, true)
 	})
 }
 
@@ -281,7 +295,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *Event, done Completion) err
 		if p.take(idx, gen) == nil {
 			return nil
 		}
-		p.errs.WithLabelValues("send").Inc()
+		p.errs.WithLabelValues(reasonSend).Inc()
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}
 	return nil
@@ -334,7 +348,7 @@ func (p *Publisher) onAck(m *nats.Msg) {
 	reason := ""
 	switch {
 	case len(m.Data) == 0 && m.Header.Get("Status") == "503":
-		perr, reason = ErrNoStream, "no_stream"
+		perr, reason = ErrNoStream, reasonNoStream
 	case bytes.Contains(m.Data, errKey):
 		var ae ackError
 		if json.Unmarshal(m.Data, &ae) == nil && ae.Error != nil {
@@ -342,9 +356,9 @@ func (p *Publisher) onAck(m *nats.Msg) {
 		} else {
 			perr = fmt.Errorf("jetstream publish: malformed ack %q", m.Data)
 		}
-		reason = "rejected"
+		reason = reasonRejected
 	case len(m.Data) == 0:
-		perr, reason = fmt.Errorf("jetstream publish: empty ack"), "rejected"
+		perr, reason = fmt.Errorf("jetstream publish: empty ack"), reasonRejected
 	}
 	if perr != nil {
 		p.errs.WithLabelValues(reason).Inc()
@@ -366,7 +380,7 @@ func (p *Publisher) sweep() {
 			return
 		case st := <-p.status:
 			if st == nats.RECONNECTING || st == nats.CLOSED {
-				p.failAll(nats.ErrDisconnected, "disconnected", false)
+				p.failAll(nats.ErrDisconnected, reasonDisconnected, false)
 			}
 		case now := <-tick.C:
 			p.failOlder(now.Add(-p.cfg.AckTimeout))
@@ -392,7 +406,7 @@ func (p *Publisher) failOlder(cutoff time.Time) {
 		}
 	}
 	p.mu.Unlock()
-	p.complete(out, ErrAckTimeout, "timeout")
+	p.complete(out, ErrAckTimeout, reasonTimeout)
 }
 
 func (p *Publisher) failAll(err error, reason string, stop bool) {
